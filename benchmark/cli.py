@@ -1,0 +1,129 @@
+"""Command line: ``python -m benchmark {list,run,leaderboard}``.
+
+Bad input ends with one ``error: ...`` line on stderr and exit status 2; a run that fails
+inside a plugin is recorded and the grid goes on (exit status 1 at the end).
+Set ``BENCHMARK_DEBUG=1`` to see tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import BenchmarkError
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _name_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def cmd_list(args) -> int:
+    from registry import load_plugins
+    plugins = load_plugins()
+    print(f"{'method':<14} {'supervised':<10} {'inputs':<8} provided by")
+    for name, entry in plugins.methods.items():
+        print(f"{name:<14} {'yes' if entry.supervised else 'no':<10} "
+              f"{getattr(entry.cls, 'inputs', 'pooled'):<8} {entry.distribution} {entry.version} "
+              f"(plugin {entry.plugin})")
+    for failure in plugins.failures:
+        print(f"failed plugin {failure.plugin} ({failure.distribution} {failure.version}): "
+              f"{failure.reason}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .runner import GridRequest, run_grid
+    request = GridRequest(methods=args.methods, dataset=args.dataset, bits=args.bits,
+                          seeds=args.seeds, regime=args.regime, input_size=args.input_size,
+                          epochs=args.epochs, data_root=args.data_root, out=Path(args.out),
+                          overwrite=args.overwrite,
+                          cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                          progress=not args.no_progress)
+    records = run_grid(request)
+    failed = [r for r in records if r["status"] != "ok"]
+    print(f"{len(records) - len(failed)} runs ok, {len(failed)} failed; "
+          f"results in {Path(args.out) / 'results.sqlite'}")
+    return 1 if failed else 0
+
+
+def cmd_leaderboard(args) -> int:
+    from . import leaderboard
+    from .store import ResultStore
+    store_path = Path(args.results) / "results.sqlite"
+    if not store_path.is_file():
+        raise BenchmarkError(f"no result store at {store_path}")
+    with ResultStore(store_path) as store:
+        pages = leaderboard.render_all(store.records())
+    if not pages:
+        raise BenchmarkError(f"{store_path} holds no successful runs")
+    out = Path(args.out)
+    if args.check:
+        stale = leaderboard.stale(pages, out)
+        for name in stale:
+            print(f"stale: {out / name} differs from the regenerated leaderboard")
+        print("leaderboards up to date" if not stale else f"{len(stale)} stale leaderboard(s)")
+        return 1 if stale else 0
+    for path in leaderboard.write(pages, out):
+        print(f"wrote {path}")
+        if args.print:
+            print(path.read_text())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list registered methods and failed plugins")
+    run = sub.add_parser("run", help="train and evaluate methods x bits x seeds")
+    run.add_argument("--methods", type=_name_list, required=True)
+    run.add_argument("--dataset", default="cub100")
+    run.add_argument("--data-root", default=None,
+                     help="folder holding the dataset folders (default: $BENCHMARK_DATA_ROOT)")
+    run.add_argument("--bits", type=_int_list, default=[12, 24, 32, 48])
+    run.add_argument("--seeds", type=_int_list, default=[0])
+    run.add_argument("--regime", default="frozen")
+    run.add_argument("--input-size", type=int, default=224)
+    run.add_argument("--epochs", type=int, default=None, help="override every method's epochs")
+    run.add_argument("--out", default="results")
+    run.add_argument("--overwrite", default="missing", choices=["never", "missing", "always"])
+    run.add_argument("--cache-dir", default=None,
+                     help="feature cache (default: $BENCHMARK_CACHE_DIR or ~/.cache/fghashbench)")
+    run.add_argument("--no-progress", action="store_true")
+    board = sub.add_parser("leaderboard", help="write leaderboard markdown from a result store")
+    board.add_argument("--results", default="results")
+    board.add_argument("--out", default="leaderboards")
+    board.add_argument("--check", action="store_true",
+                       help="exit 1 when the markdown in --out differs from the regenerated one")
+    board.add_argument("--print", action="store_true", help="also print the tables")
+    return p
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard}
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; finished runs are kept in the store", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for users, traceback on request
+        if os.environ.get("BENCHMARK_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1

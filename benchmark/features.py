@@ -1,0 +1,132 @@
+"""Frozen-regime features: computed once per (images, backbone, transform), cached on disk.
+
+The cache entry is a folder named by a hash of the dataset fingerprint (image bytes,
+labels, split), the backbone and its weights, and the transform. It holds one fp16 ``.npy``
+per output (``pooled``, ``s8``, ``s16``, ``s32``) covering every image of the dataset, and
+is written to a temporary folder and renamed, so an interrupted extraction leaves nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .backbones import build_backbone
+from .data import ImageSet
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BENCHMARK_CACHE_DIR", Path.home() / ".cache" / "fghashbench"))
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Shorter side -> ``input_size``, centre crop; optionally downsample by ``downsample``
+    first and upsample back (the resolution protocol's low-resolution images)."""
+    input_size: int = 224
+    downsample: float = 1.0
+
+    def __call__(self, img: Image.Image, mean, std) -> torch.Tensor:
+        size = self.input_size
+        w, h = img.size
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+        if self.downsample > 1:
+            low = max(1, round(size / self.downsample))
+            img = img.resize((low, low), Image.BILINEAR).resize((size, size), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+@dataclass
+class Features:
+    """Arrays indexed like the dataset's images (memory-mapped fp16)."""
+    arrays: dict[str, np.ndarray]
+    path: Path
+
+    def shapes(self) -> dict[str, tuple]:
+        return {k: tuple(v.shape[1:]) for k, v in self.arrays.items()}
+
+    def select(self, names, index) -> dict[str, torch.Tensor]:
+        return {n: torch.from_numpy(np.asarray(self.arrays[n][index], dtype=np.float32))
+                for n in names}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+
+def cache_key(dataset: ImageSet, backbone: str, weights_id: str, transform: Transform) -> str:
+    spec = {"format": CACHE_FORMAT, "dataset": dataset.fingerprint(), "backbone": backbone,
+            "weights": weights_id, "transform": vars(transform)}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _open(path: Path) -> Features:
+    names = sorted(p.stem for p in path.glob("*.npy"))
+    return Features({n: np.load(path / f"{n}.npy", mmap_mode="r") for n in names}, path)
+
+
+def extract_features(dataset: ImageSet, backbone: str = "efficientnet_lite0",
+                     transform: Transform = Transform(), cache_dir: Path | None = None,
+                     batch_size: int = 32, progress: bool = True) -> Features:
+    """Return cached features, computing (and caching) them on first use."""
+    model = build_backbone(backbone).eval()
+    key = cache_key(dataset, backbone, model.weights_id, transform)
+    folder = Path(cache_dir or default_cache_dir()) / f"{dataset.name}-{key}"
+    if (folder / "done").is_file():
+        return _open(folder)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model = model.to(memory_format=torch.channels_last)
+    n = len(dataset)
+    writers: dict[str, np.ndarray] = {}
+
+    def load_batch(start):
+        idx = range(start, min(n, start + batch_size))
+        return start, torch.stack([transform(dataset.load(i), model.mean, model.std) for i in idx])
+
+    starts = list(range(0, n, batch_size))
+    bar = tqdm(total=n, desc=f"features {dataset.name}@{transform.input_size}", unit="img",
+               disable=not progress, leave=False)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+            pending = pool.submit(load_batch, starts[0])
+            for next_start in starts[1:] + [None]:
+                start, images = pending.result()
+                if next_start is not None:
+                    pending = pool.submit(load_batch, next_start)
+                outputs = model(images.contiguous(memory_format=torch.channels_last))
+                for name, value in outputs.items():
+                    if name not in writers:
+                        writers[name] = np.lib.format.open_memmap(
+                            tmp / f"{name}.npy", mode="w+", dtype=np.float16,
+                            shape=(n,) + tuple(value.shape[1:]))
+                    writers[name][start:start + len(images)] = value.float().numpy()
+                bar.update(len(images))
+        for array in writers.values():
+            array.flush()
+        writers.clear()
+        (tmp / "done").write_text(json.dumps({"images": n, "dataset": dataset.name}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _open(folder)
