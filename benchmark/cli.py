@@ -46,7 +46,7 @@ def cmd_run(args) -> int:
     from .runner import GridRequest, run_grid
     request = GridRequest(methods=args.methods, dataset=args.dataset, bits=args.bits,
                           seeds=args.seeds, regime=args.regime, input_size=args.input_size,
-                          epochs=args.epochs, data_root=args.data_root, out=Path(args.out),
+                          epochs=args.epochs, max_classes=args.max_classes, data_root=args.data_root, out=Path(args.out),
                           overwrite=args.overwrite,
                           cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                           progress=not args.no_progress)
@@ -95,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--regime", default="frozen")
     run.add_argument("--input-size", type=int, default=224)
     run.add_argument("--epochs", type=int, default=None, help="override every method's epochs")
+    run.add_argument("--max-classes", type=int, default=None,
+                     help="use only the first K classes (quick runs; a separate leaderboard)")
     run.add_argument("--out", default="results")
     run.add_argument("--overwrite", default="missing", choices=["never", "missing", "always"])
     run.add_argument("--cache-dir", default=None,

@@ -38,6 +38,17 @@ class ImageSet:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def subset(self, keep: np.ndarray, suffix: str) -> "ImageSet":
+        """The images where ``keep`` is true (labels re-indexed to the kept classes)."""
+        index = np.flatnonzero(keep)
+        kept_classes = np.unique(self.labels[index])
+        remap = np.full(self.num_classes, -1, dtype=np.int64)
+        remap[kept_classes] = np.arange(len(kept_classes))
+        return ImageSet(name=f"{self.name}{suffix}", classes=[self.classes[c] for c in kept_classes],
+                        paths=[self.paths[i] for i in index], labels=remap[self.labels[index]],
+                        is_train=self.is_train[index], load=lambda i: self.load(int(index[i])),
+                        identity=f"{self.identity}|subset:{hashlib.sha256(index.tobytes()).hexdigest()}")
+
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self.identity.encode())
         digest.update(self.labels.tobytes())

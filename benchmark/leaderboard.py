@@ -2,7 +2,7 @@
 
 One file per dataset; one table per setting (regime, backbone, input size, protocol).
 Rows are methods, ordered by their mean mAP over the table's bit lengths (then by name);
-each mAP cell is mean +- sample std over the table's seeds. A cell that lacks any of the
+each mAP cell is mean +- sample std over the table's seeds (the mean alone for one seed). A cell that lacks any of the
 table's seeds shows the count instead of a partial mean; a cell with no run shows "-".
 No timestamps: the same records give byte-identical markdown.
 """
@@ -34,8 +34,9 @@ def _cell(values: list[float], expected: int) -> str:
     if len(values) < expected:
         return f"({len(values)}/{expected} seeds)"
     mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    if len(values) == 1:
+        return f"{100 * mean:.2f}"
+    return f"{100 * mean:.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
 def render_table(records: list[dict]) -> str:

@@ -27,8 +27,10 @@ def count_macs(module: nn.Module, inputs: tuple) -> int:
     return int(analyzer.total())
 
 
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def count_params(module: nn.Module, buffers: bool = False) -> int:
+    """Learned parameters; with ``buffers``, also fixed tensors (e.g. LSH's projection)."""
+    tensors = list(module.parameters()) + (list(module.buffers()) if buffers else [])
+    return sum(t.numel() for t in tensors)
 
 
 class _Encode(nn.Module):
@@ -57,7 +59,7 @@ def profile_inference(method: nn.Module, input_shapes: dict, backbone: str,
         head_macs = count_macs(_Encode(method, names), example)
     method.train(was_training)
     backbone_params, backbone_macs = backbone_cost(backbone, input_size)
-    head_params = count_params(method)
+    head_params = count_params(method, buffers=True)
     return {"params": backbone_params + head_params, "macs": backbone_macs + head_macs,
             "params_backbone": backbone_params, "params_method": head_params,
             "macs_backbone": backbone_macs, "macs_method": head_macs}

@@ -43,6 +43,7 @@ class GridRequest:
     backbone: str = "efficientnet_lite0"
     input_size: int = 224
     epochs: int | None = None
+    max_classes: int | None = None
     data_root: str | None = None
     out: Path = Path("results")
     overwrite: str = "missing"
@@ -60,6 +61,8 @@ class GridRequest:
             raise BenchmarkError(f"unknown regime {self.regime!r}; available: {', '.join(REGIMES)}")
         if self.input_size < 32:
             raise BenchmarkError("--input-size must be at least 32")
+        if self.max_classes is not None and self.max_classes < 2:
+            raise BenchmarkError("--max-classes must be at least 2")
         if self.epochs is not None and self.epochs < 1:
             raise BenchmarkError("--epochs must be at least 1")
 
@@ -117,6 +120,9 @@ def run_grid(request: GridRequest, log=print) -> list[dict]:
     request.validate()
     entries = resolve_methods(request.methods)
     dataset = build_dataset(request.dataset, data_root=request.data_root)
+    if request.max_classes and request.max_classes < dataset.num_classes:
+        dataset = dataset.subset(dataset.labels < request.max_classes,
+                                 f"-first{request.max_classes}")
     transform = Transform(request.input_size)
     store = ResultStore(Path(request.out) / "results.sqlite")
     grid = []
@@ -125,7 +131,7 @@ def run_grid(request: GridRequest, log=print) -> list[dict]:
             for seed in request.seeds:
                 spec = {"method": entry.name, "plugin": entry.plugin,
                         "distribution": entry.distribution, "version": entry.version,
-                        "hparams": {}, "dataset": request.dataset,
+                        "hparams": {}, "dataset": dataset.name,
                         "data": dataset.fingerprint(), "regime": request.regime,
                         "backbone": request.backbone, "input_size": request.input_size,
                         "protocol": {"noise": None, "long_tail": None, "resolution": 1},
