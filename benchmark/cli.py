@@ -81,6 +81,30 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_check_plugin(args) -> int:
+    from . import conformance
+    from registry import load_plugins
+    names = conformance.methods_of(args.name)
+    plugins = load_plugins()
+    if names == [args.name] and args.name not in plugins.methods \
+            and args.name not in {f.plugin for f in plugins.failures}:
+        raise BenchmarkError(f"no method or plugin named {args.name!r}; registered methods: "
+                             f"{', '.join(plugins.methods) or '(none)'}")
+    failed_total = 0
+    for name in names:
+        entry = plugins.methods.get(name)
+        origin = (f" (plugin {entry.plugin}, {entry.distribution} {entry.version})"
+                  if entry else "")
+        print(f"check-plugin {name}{origin}")
+        results = conformance.run_checks(name)
+        for result in results:
+            print(f"  {'PASS' if result.passed else 'FAIL'} {result.check}: {result.detail}")
+        failed = sum(not r.passed for r in results)
+        failed_total += failed
+        print(f"  {len(results) - failed} passed, {failed} failed")
+    return 1 if failed_total else 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -102,6 +126,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", default=None,
                      help="feature cache (default: $BENCHMARK_CACHE_DIR or ~/.cache/fghashbench)")
     run.add_argument("--no-progress", action="store_true")
+    check = sub.add_parser("check-plugin", help="run the conformance kit on a method or plugin")
+    check.add_argument("name", help="a method name or an entry-point (plugin) name")
     board = sub.add_parser("leaderboard", help="write leaderboard markdown from a result store")
     board.add_argument("--results", default="results")
     board.add_argument("--out", default="leaderboards")
@@ -111,7 +137,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard}
+COMMANDS = {"list": cmd_list, "run": cmd_run, "check-plugin": cmd_check_plugin,
+            "leaderboard": cmd_leaderboard}
 
 
 def main(argv=None) -> int:

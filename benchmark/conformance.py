@@ -1,0 +1,387 @@
+"""Conformance kit: does a method honour the contract of :mod:`benchmark.method`?
+
+Every check runs on tiny synthetic tensors of the shapes the method declares (no images,
+no backbone): ``PROBE_CLASSES`` classes, each a random prototype per input plus noise, so
+a method can learn something in a few steps. The harness's own code paths are used
+(``engine.run_method`` trains or fits, encodes and binarises exactly as a real run does).
+
+A check is a function ``check(method)`` where ``method`` is a method class or the name of
+a registered method; it returns a one-line detail on success and raises
+:class:`ConformanceError` (an ``AssertionError``) with the reason on failure.
+
+Command line: ``python -m benchmark check-plugin NAME`` (a method or an entry-point name).
+In a plugin author's pytest suite (like scikit-learn's ``parametrize_with_checks``)::
+
+    from benchmark.conformance import parametrize_with_checks
+    from my_package.mine import Mine
+
+    @parametrize_with_checks([Mine])
+    def test_conformance(method, check):
+        check(method)
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from registry import load_plugins
+from registry.loading import one_line
+
+from .backbones import EfficientNetLite0
+from .engine import build_optimizer, run_method
+from .method import INPUT_NAMES, HashMethod
+from .profiling import count_macs, count_params
+
+PROBE_CLASSES = 4
+PROBE_TRAIN_PER_CLASS = 16
+PROBE_QUERY_PER_CLASS = 4
+PROBE_BITS = (12, 32)
+PROBE_EPOCHS = 4
+PROBE_SEED = 0
+PROBE_INPUT_SIZE = 224
+STRIDES = {"s8": 8, "s16": 16, "s32": 32}
+
+
+class ConformanceError(AssertionError):
+    """A method breaks the contract; the message says how."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: str
+    passed: bool
+    detail: str
+
+
+# ----------------------------------------------------------------------------- probe data
+
+def probe_shapes(size: int = PROBE_INPUT_SIZE) -> dict[str, tuple]:
+    """Per-sample shapes of every input the frozen backbone provides at ``size`` px."""
+    shapes = {name: (channels, size // STRIDES[name], size // STRIDES[name])
+              for name, channels in EfficientNetLite0.stage_channels.items()}
+    shapes["pooled"] = (EfficientNetLite0.feature_dim,)
+    return shapes
+
+
+class ProbeFeatures:
+    """Synthetic stand-in for :class:`benchmark.features.Features` (same ``select``)."""
+
+    def __init__(self, labels: np.ndarray, seed: int = 1234):
+        generator = torch.Generator().manual_seed(seed)
+        self.arrays = {}
+        for name, shape in probe_shapes().items():
+            prototypes = torch.randn((PROBE_CLASSES,) + shape, generator=generator)
+            noise = 0.5 * torch.randn((len(labels),) + shape, generator=generator)
+            # swish, like the backbone's outputs: mostly non-negative activations
+            self.arrays[name] = torch.nn.functional.silu(prototypes[labels] + noise)
+
+    def select(self, names, index) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(np.asarray(index))
+        return {n: self.arrays[n][index] for n in names}
+
+
+def probe_split() -> tuple[np.ndarray, np.ndarray]:
+    """Labels and train flags: every class has train and query samples."""
+    per_class = PROBE_TRAIN_PER_CLASS + PROBE_QUERY_PER_CLASS
+    labels = np.repeat(np.arange(PROBE_CLASSES), per_class)
+    is_train = np.tile(np.arange(per_class) < PROBE_TRAIN_PER_CLASS, PROBE_CLASSES)
+    return labels, is_train
+
+
+_LABELS, _IS_TRAIN = probe_split()
+_FEATURES: ProbeFeatures | None = None
+_RUNS: dict[tuple, object] = {}
+
+
+def _features() -> ProbeFeatures:
+    global _FEATURES
+    if _FEATURES is None:
+        _FEATURES = ProbeFeatures(_LABELS)
+    return _FEATURES
+
+
+def probe_run(method_cls, bits: int, seed: int = PROBE_SEED, fresh: bool = False) -> dict:
+    """``engine.run_method`` on the probe data (cached per class, bits and seed)."""
+    key = (method_cls, bits, seed)
+    if fresh or key not in _RUNS:
+        try:
+            outcome = run_method(method_cls, {}, _features(), _LABELS, _IS_TRAIN,
+                                 num_classes=PROBE_CLASSES, bits=bits, seed=seed,
+                                 epochs=PROBE_EPOCHS)
+        except Exception as exc:  # noqa: BLE001 - reported as the check's reason
+            outcome = exc
+        if fresh:
+            return _unwrap(outcome, bits)
+        _RUNS[key] = outcome
+    return _unwrap(_RUNS[key], bits)
+
+
+def _unwrap(outcome, bits):
+    if isinstance(outcome, BaseException):
+        raise ConformanceError(f"a {bits}-bit probe run failed: {one_line(outcome)}")
+    return outcome
+
+
+def _resolve(method) -> type:
+    if isinstance(method, str):
+        plugins = load_plugins()
+        if method in plugins.methods:
+            return plugins.methods[method].cls
+        failed = {f.plugin: f.reason for f in plugins.failures}
+        if method in failed:
+            raise ConformanceError(f"plugin {method!r} failed to load: {failed[method]}")
+        raise ConformanceError(f"no registered method {method!r}")
+    return method
+
+
+def _shapes_of(method_cls) -> dict[str, tuple]:
+    shapes = probe_shapes()
+    return {n: shapes[n] for n in INPUT_NAMES[method_cls.inputs]}
+
+
+class _EncodePath(torch.nn.Module):
+    """Positional-tensor wrapper around ``encode`` for the MAC counter's tracer."""
+
+    def __init__(self, method, names):
+        super().__init__()
+        self.method, self.names = method, list(names)
+
+    def forward(self, *tensors):
+        return self.method.encode(dict(zip(self.names, tensors)))
+
+
+def _overrides(cls, attribute: str) -> bool:
+    return getattr(cls, attribute) is not getattr(HashMethod, attribute)
+
+
+# ----------------------------------------------------------------------------- the checks
+
+def check_entry_point(method) -> str:
+    """The name resolves, through a ``benchmark.methods`` entry point, to a HashMethod
+    subclass carrying that name, from an installed distribution with a version."""
+    if not isinstance(method, str):
+        raise ConformanceError("give a registered name to check its entry point")
+    plugins = load_plugins()
+    entry = plugins.methods.get(method)
+    if entry is None:
+        _resolve(method)  # raises with the plugin's failure or "no registered method"
+    if not (inspect.isclass(entry.cls) and issubclass(entry.cls, HashMethod)):
+        raise ConformanceError(f"entry point {entry.plugin!r} gave {entry.cls!r}, "
+                               f"not a HashMethod subclass")
+    if entry.cls.name != method:
+        raise ConformanceError(f"class name {entry.cls.name!r} differs from {method!r}")
+    if "unknown" in (entry.distribution, entry.version):
+        raise ConformanceError(f"entry point {entry.plugin!r} has no distribution metadata "
+                               f"(install the package so its dist-info exists)")
+    return (f"entry point {entry.plugin!r} -> {entry.cls.__module__}.{entry.cls.__qualname__} "
+            f"({entry.distribution} {entry.version})")
+
+
+def check_contract(method) -> str:
+    """Class attributes are well-formed and the class builds with the harness's arguments."""
+    cls = _resolve(method)
+    if not (inspect.isclass(cls) and issubclass(cls, HashMethod)):
+        raise ConformanceError(f"{cls!r} is not a subclass of benchmark.method.HashMethod")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name or any(c in name for c in ", \t\n"):
+        raise ConformanceError(f"`name` must be a non-empty string without commas or spaces, "
+                               f"got {name!r}")
+    for flag in ("supervised", "trainable"):
+        if not isinstance(getattr(cls, flag), bool):
+            raise ConformanceError(f"`{flag}` must be a bool, got {getattr(cls, flag)!r}")
+    if cls.inputs not in INPUT_NAMES:
+        raise ConformanceError(f"`inputs` is {cls.inputs!r}; supported: {', '.join(INPUT_NAMES)}")
+    if not _overrides(cls, "encode"):
+        raise ConformanceError("`encode` is not implemented")
+    if cls.trainable:
+        config = cls.train_config
+        if not isinstance(config, dict) or not {"epochs", "batch_size", "optimizer"} <= set(config):
+            raise ConformanceError("`train_config` needs epochs, batch_size and optimizer")
+        if not (isinstance(config["epochs"], int) and config["epochs"] >= 1):
+            raise ConformanceError(f"train_config epochs must be an int >= 1, got {config['epochs']!r}")
+        if not (isinstance(config["batch_size"], int) and config["batch_size"] >= 2):
+            raise ConformanceError(f"train_config batch_size must be an int >= 2, "
+                                   f"got {config['batch_size']!r}")
+        if not _overrides(cls, "loss"):
+            raise ConformanceError("trainable but `loss` is not implemented")
+    elif not _overrides(cls, "fit"):
+        raise ConformanceError("closed-form (trainable = False) but `fit` is not implemented")
+    try:
+        instance = cls(bits=PROBE_BITS[0], num_classes=PROBE_CLASSES, input_shapes=_shapes_of(cls))
+    except Exception as exc:  # noqa: BLE001
+        raise ConformanceError(f"cls(bits=, num_classes=, input_shapes=) raised {one_line(exc)}")
+    if cls.trainable:
+        if not any(p.requires_grad for p in instance.parameters()):
+            raise ConformanceError("trainable but has no parameters requiring grad")
+        try:
+            build_optimizer(instance, cls.train_config["optimizer"])
+        except Exception as exc:  # noqa: BLE001
+            raise ConformanceError(f"train_config optimizer: {one_line(exc)}")
+    kind = "trainable" if cls.trainable else "closed-form"
+    return (f"{kind}, {'supervised' if cls.supervised else 'unsupervised'}, "
+            f"inputs {cls.inputs!r}")
+
+
+def check_parameters_reported(method) -> str:
+    """The profiler counts the method's parameters and traces its encode path for MACs."""
+    cls = _resolve(method)
+    trained = probe_run(cls, PROBE_BITS[0])["method"]
+    params = count_params(trained, buffers=True)
+    if params <= 0:
+        raise ConformanceError("the method holds no parameters or buffers to report")
+    shapes = _shapes_of(cls)
+    example = tuple(torch.zeros((1,) + shapes[n]) for n in shapes)
+    trained.eval()
+    try:
+        with torch.no_grad():
+            macs = count_macs(_EncodePath(trained, shapes), example)
+    except Exception as exc:  # noqa: BLE001
+        raise ConformanceError(f"MAC counting of encode failed: {one_line(exc)}")
+    return f"{params:,} parameters + buffers, {macs:,} MACs per sample in encode"
+
+
+def check_codes_shape_and_binarised(method) -> str:
+    """``encode`` gives finite real values of shape (N, bits) for every probed bit length;
+    the harness turns them into 0/1 uint8 codes that are not all the same."""
+    cls = _resolve(method)
+    for bits in PROBE_BITS:
+        run = probe_run(cls, bits)
+        trained = run["method"]
+        query = _features().select(INPUT_NAMES[cls.inputs], np.flatnonzero(~_IS_TRAIN))
+        with torch.no_grad():
+            values = trained.eval().encode(query)
+        if not (isinstance(values, torch.Tensor) and values.is_floating_point()):
+            raise ConformanceError(f"encode must return a float tensor, got "
+                                   f"{getattr(values, 'dtype', type(values))}")
+        for codes in (run["codes"]["query_codes"], run["codes"]["db_codes"]):
+            if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != bits \
+                    or not set(np.unique(codes)) <= {0, 1}:
+                raise ConformanceError(f"harness codes are {codes.dtype} {codes.shape}, "
+                                       f"expected 0/1 uint8 (N, {bits})")
+        if len(np.unique(run["codes"]["db_codes"], axis=0)) == 1:
+            raise ConformanceError(f"every sample gets the same {bits}-bit code")
+    return f"(N, bits) float -> 0/1 codes at bits {', '.join(map(str, PROBE_BITS))}"
+
+
+def check_encode_without_labels(method) -> str:
+    """``encode`` takes only the declared inputs (no labels), in eval mode, and each sample's
+    output does not depend on the rest of its batch or on earlier calls."""
+    cls = _resolve(method)
+    trained = probe_run(cls, PROBE_BITS[0])["method"].eval()
+    names = INPUT_NAMES[cls.inputs]
+    inputs = _features().select(names, np.flatnonzero(~_IS_TRAIN))
+    try:
+        with torch.no_grad():
+            batch = trained.encode(dict(inputs))
+            single = torch.cat([trained.encode({n: v[i:i + 1] for n, v in inputs.items()})
+                                for i in range(2)])
+            again = trained.encode(dict(inputs))
+    except Exception as exc:  # noqa: BLE001
+        raise ConformanceError(f"encode(inputs without labels) raised {one_line(exc)}")
+    scale = float(batch.abs().max()) or 1.0
+    if not torch.allclose(batch[:2], single, atol=1e-4 * scale, rtol=1e-4):
+        raise ConformanceError("a sample's output changes with the rest of its batch "
+                               "(batch statistics in eval mode?)")
+    if not torch.equal(batch, again):
+        raise ConformanceError("encoding the same batch twice gives different outputs")
+    return f"batch of {len(batch)} and single samples agree; inputs {list(names)}"
+
+
+def check_same_seed_same_codes(method) -> str:
+    """Two runs with the same seed give byte-identical codes."""
+    cls = _resolve(method)
+    first = probe_run(cls, PROBE_BITS[0])["codes"]
+    second = probe_run(cls, PROBE_BITS[0], fresh=True)["codes"]
+    for key in ("query_codes", "db_codes"):
+        if not np.array_equal(first[key], second[key]):
+            differ = int((first[key] != second[key]).sum())
+            raise ConformanceError(f"seed {PROBE_SEED}: {key} differ in {differ} bits between "
+                                   f"two runs (unseeded randomness?)")
+    return f"seed {PROBE_SEED}, {PROBE_BITS[0]} bits: identical codes in two runs"
+
+
+def check_losses_finite_and_decreasing(method) -> str:
+    """``loss(batch)`` returns a dict of finite scalar tensors and the epoch-mean loss falls
+    over ``PROBE_EPOCHS`` epochs of the harness's training loop (closed-form: not applicable)."""
+    cls = _resolve(method)
+    if not cls.trainable:
+        return "not applicable: closed-form method (fit)"
+    trained = probe_run(cls, PROBE_BITS[0])["method"].train()
+    train_index = np.flatnonzero(_IS_TRAIN)[: cls.train_config["batch_size"]]
+    batch = {"inputs": _features().select(INPUT_NAMES[cls.inputs], train_index),
+             "labels": torch.from_numpy(_LABELS[train_index]),
+             "indices": torch.arange(len(train_index))}
+    losses = trained.loss(batch)
+    if not isinstance(losses, dict) or not losses:
+        raise ConformanceError(f"loss must return a non-empty dict, got {type(losses).__name__}")
+    for key, value in losses.items():
+        if not (isinstance(value, torch.Tensor) and value.ndim == 0):
+            raise ConformanceError(f"loss term {key!r} is not a scalar tensor")
+        if not torch.isfinite(value):
+            raise ConformanceError(f"loss term {key!r} is {float(value)}")
+    if not any(v.requires_grad for v in losses.values()):
+        raise ConformanceError("no loss term requires grad")
+    history = probe_run(cls, PROBE_BITS[0])["history"]
+    if any(h is None or not math.isfinite(h) for h in history):
+        raise ConformanceError(f"non-finite epoch loss: {history}")
+    if not history[-1] < history[0]:
+        raise ConformanceError(f"loss did not decrease over {len(history)} epochs: {history}")
+    return f"terms {sorted(losses)}; epoch loss {history[0]:.4g} -> {history[-1]:.4g}"
+
+
+CHECKS = (check_contract, check_parameters_reported, check_codes_shape_and_binarised,
+          check_encode_without_labels, check_same_seed_same_codes,
+          check_losses_finite_and_decreasing)
+
+
+def checks_for(method) -> tuple:
+    """The checks that apply: all of them, plus the entry-point check for a name."""
+    return ((check_entry_point,) if isinstance(method, str) else ()) + CHECKS
+
+
+def check_name(check) -> str:
+    return check.__name__.removeprefix("check_")
+
+
+def run_checks(method) -> list[CheckResult]:
+    """Run every applicable check; a failing contract check skips the rest."""
+    results = []
+    for check in checks_for(method):
+        try:
+            results.append(CheckResult(check_name(check), True, check(method)))
+        except ConformanceError as exc:
+            results.append(CheckResult(check_name(check), False, str(exc)))
+            if check in (check_entry_point, check_contract):
+                break
+        except Exception as exc:  # noqa: BLE001 - a check must report, never crash the kit
+            results.append(CheckResult(check_name(check), False, one_line(exc)))
+    return results
+
+
+def methods_of(name: str) -> list[str]:
+    """A method name, or an entry-point name -> the method names it provides."""
+    plugins = load_plugins()
+    if name in plugins.methods:
+        return [name]
+    provided = [m for m, e in plugins.methods.items() if e.plugin == name]
+    return provided or [name]
+
+
+def parametrize_with_checks(methods):
+    """``pytest.mark.parametrize("method, check", ...)`` over every method x check.
+
+    ``methods`` holds method classes or registered names (names add the entry-point check).
+    """
+    import pytest
+
+    params, ids = [], []
+    for method in methods:
+        label = method if isinstance(method, str) else getattr(method, "name", "") or method.__name__
+        for check in checks_for(method):
+            params.append((method, check))
+            ids.append(f"{label}-{check_name(check)}")
+    return pytest.mark.parametrize("method, check", params, ids=ids)
