@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,24 +61,47 @@ class CheckResult:
 # ----------------------------------------------------------------------------- probe data
 
 def probe_shapes(size: int = PROBE_INPUT_SIZE) -> dict[str, tuple]:
-    """Per-sample shapes of every input the frozen backbone provides at ``size`` px."""
+    """Per-sample shapes of every input the harness provides at ``size`` px (the frozen
+    backbone's stage maps and pooled feature, and the image batch for ``"images"``)."""
     shapes = {name: (channels, size // STRIDES[name], size // STRIDES[name])
               for name, channels in EfficientNetLite0.stage_channels.items()}
     shapes["pooled"] = (EfficientNetLite0.feature_dim,)
+    shapes["images"] = (3, size, size)
     return shapes
+
+
+class _ProbeArrays(Mapping):
+    """Input name -> (N, *shape) tensor, generated on first use: a random prototype per
+    class plus noise (``noise`` sets its scale), through swish like the backbone's outputs."""
+
+    def __init__(self, labels: np.ndarray, seed: int, noise: float):
+        self.labels, self.seed, self.noise = labels, seed, noise
+        self.shapes = probe_shapes()
+        self.made: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name):
+        if name not in self.made:
+            shape = self.shapes[name]
+            index = sorted(self.shapes).index(name)
+            prototypes = torch.randn((PROBE_CLASSES,) + shape,
+                                     generator=torch.Generator().manual_seed(self.seed + index))
+            noise = torch.randn((len(self.labels),) + shape,
+                                generator=torch.Generator().manual_seed(self.seed + 100 + index))
+            self.made[name] = torch.nn.functional.silu(prototypes[self.labels] + self.noise * noise)
+        return self.made[name]
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self):
+        return len(self.shapes)
 
 
 class ProbeFeatures:
     """Synthetic stand-in for :class:`benchmark.features.Features` (same ``select``)."""
 
-    def __init__(self, labels: np.ndarray, seed: int = 1234):
-        generator = torch.Generator().manual_seed(seed)
-        self.arrays = {}
-        for name, shape in probe_shapes().items():
-            prototypes = torch.randn((PROBE_CLASSES,) + shape, generator=generator)
-            noise = 0.5 * torch.randn((len(labels),) + shape, generator=generator)
-            # swish, like the backbone's outputs: mostly non-negative activations
-            self.arrays[name] = torch.nn.functional.silu(prototypes[labels] + noise)
+    def __init__(self, labels: np.ndarray, seed: int = 1234, noise: float = 0.5):
+        self.arrays = _ProbeArrays(labels, seed, noise)
 
     def select(self, names, index) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(np.asarray(index))
@@ -108,10 +132,15 @@ def probe_run(method_cls, bits: int, seed: int = PROBE_SEED, fresh: bool = False
     """``engine.run_method`` on the probe data (cached per class, bits and seed)."""
     key = (method_cls, bits, seed)
     if fresh or key not in _RUNS:
+        options = {}
+        factors = tuple(getattr(method_cls, "train_resolutions", (1,)) or (1,))
+        if factors != (1,):  # lower resolution = noisier probe inputs, same prototypes
+            options["resolution_features"] = {f: ProbeFeatures(_LABELS, noise=0.5 * f)
+                                              for f in factors if f != 1}
         try:
             outcome = run_method(method_cls, {}, _features(), _LABELS, _IS_TRAIN,
                                  num_classes=PROBE_CLASSES, bits=bits, seed=seed,
-                                 epochs=PROBE_EPOCHS)
+                                 epochs=PROBE_EPOCHS, **options)
         except Exception as exc:  # noqa: BLE001 - reported as the check's reason
             outcome = exc
         if fresh:
@@ -315,6 +344,8 @@ def check_losses_finite_and_decreasing(method) -> str:
     batch = {"inputs": _features().select(INPUT_NAMES[cls.inputs], train_index),
              "labels": torch.from_numpy(_LABELS[train_index]),
              "indices": torch.arange(len(train_index))}
+    if tuple(getattr(cls, "train_resolutions", (1,)) or (1,)) != (1,):
+        batch["resolution"] = torch.ones(len(train_index))  # full resolution
     losses = trained.loss(batch)
     if not isinstance(losses, dict) or not losses:
         raise ConformanceError(f"loss must return a non-empty dict, got {type(losses).__name__}")
