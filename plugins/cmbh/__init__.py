@@ -1,0 +1,264 @@
+"""CMBH: Characteristics Matching Based Hash Codes Generation (Chen, Zhao, Zhang, Luo & Xu,
+CVPR 2024). No public code; written from the paper (analysis in seeds/001, Sec. 4-6).
+
+* Stage features (Eq. 1-2): f^j = N_sub-j(F^j), two convolutions + global max pooling + FC
+  to d, for the last L = 3 stages; the hash path uses the penultimate one (l = 2).
+* C-vectors C (y x k x d, k = 2) and matching M_i(a, b) = cos(C_ab, f_i^l) (Eq. 3).
+* Codes (Eq. 4, or Eq. 12 with the transfer module): u = tanh(W_h vec(softmax(y^l) (.) M)),
+  b = sign(u); ``encode`` returns W_h vec(...) (same sign).
+* L_hash (Eq. 5-7) = mean (u_i^T b_j^(t-1) - bits S^p_ij)^2 + mean (u_i^T c_j^(t-1) - bits S^c_ij)^2
+  over the batch x all training samples / classes; S's zeros become -sum(S)/sum(1-S);
+  b^(t-1) = sign(u), c^(t-1) = class means of u, both from the network at the start of the
+  epoch.
+* ``layers`` (+L, Eq. 8-10): f^0 = N_con(concat f^1..f^3), M^con = cos(C, f^0);
+  L_cls = sum_j CE(y^j), y^0 = alpha sum_k M^con, y^l = alpha sum_k M, y^j = N_cls-j(f^j).
+* ``transfer`` (+T, Eq. 11-12): L_trans = CE(softmax(sum_j y^j), y^l) (teacher detached), and
+  the codes use Eq. 12's softmax(y^l) weighting.
+* ``regions`` (+R, Algorithm 1, Eq. 13-14): M = 4 boxes from the channel mean of the stage
+  maps resized to the last stage's size; each crop goes through the same path with
+  y^{m,0} = alpha max_k M^{m,con}, y^{m,l} = alpha max_k M^m; L_region = sum_m L_cls^m + L_trans^m.
+* Inference: N_sub-l, C and W_h only; N_sub-1/3, N_con, N_cls-j and the regions are
+  training-only (``encode`` never touches them).
+
+Hyper-parameters: k = 2, M = 4, alpha = 16 (paper: 12 or 16), SGD momentum 0.9,
+weight decay 5e-4, batch 16 (paper's CUB setting). ``cmbh-b``, ``cmbh-l``, ``cmbh-lt`` are the
+ablation rows B, B+L, B+L+T of Table 4; ``cmbh`` is the full method (B+L+T+R).
+
+Departures: d = 256 and N_sub-j = 1x1 conv (width 32) + BN + ReLU + 3x3 conv + BN + ReLU (the
+paper gives neither d nor the convolution sizes). b^(0), c^(0) are the untrained network's
+codes (the paper: random). Frozen regime: N_sub-j are trainable heads on the cached
+EfficientNet-Lite0 stage maps, and the image crops of Algorithm 1 become bilinear crops of
+the cached maps at half each stage's resolution (a crop of a frozen map holds no more
+detail than its cells), computed with ``grid_sample`` exactly as ``roi_align(aligned=True,
+sampling_ratio=1)`` would (torchvision's compiled roi_align is missing here and its Python
+fallback takes seconds per batch); lr 1e-2 for 12 epochs without the x0.1 step (the paper:
+lr 1e-3 for 100 epochs, step at 70) so a cub100 run fits in about two minutes on two CPU
+cores.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from benchmark.method import HashMethod
+from registry import hookimpl
+
+STAGES = ("s8", "s16", "s32")
+
+
+def largest_components(hot: torch.Tensor) -> torch.Tensor:
+    """The largest 8-connected component of each boolean map in a (B, h, w) batch.
+
+    Components are found by propagating the largest cell index through 3x3 neighbourhoods
+    until nothing changes; on equal sizes the component with the smallest such index wins."""
+    batch, height, width = hot.shape
+    mask = hot.float()
+    ids = torch.arange(1, height * width + 1, dtype=torch.float32).view(1, height, width) * mask
+    while True:
+        grown = F.max_pool2d(ids.unsqueeze(1), 3, stride=1, padding=1).squeeze(1) * mask
+        if torch.equal(grown, ids):
+            break
+        ids = grown
+    flat = ids.long().view(batch, -1)
+    sizes = torch.zeros(batch, height * width + 1).scatter_add_(1, flat, mask.view(batch, -1))
+    sizes[:, 0] = -1  # background
+    return (ids == sizes.argmax(1).view(batch, 1, 1).float()) & hot
+
+
+def bounding_boxes(mask: torch.Tensor) -> torch.Tensor:
+    """(B, 4) inclusive cell boxes (x1, y1, x2, y2) of non-empty (B, h, w) masks."""
+    rows, cols = mask.any(2), mask.any(1)
+    first = lambda m: m.float().argmax(1)  # noqa: E731
+    last = lambda m: m.shape[1] - 1 - m.flip(1).float().argmax(1)  # noqa: E731
+    return torch.stack([first(cols), first(rows), last(cols), last(rows)], dim=1)
+
+
+def locate_regions(activation: torch.Tensor, count: int = 4) -> torch.Tensor:
+    """Algorithm 1 on a (B, h, w) batch of maps A_i: (B, count, 4) boxes (x1, y1, x2, y2),
+    inclusive cell indices. Step m thresholds at a (0.9 - 0.05 m), keeps the largest
+    connected component's box, then sets A <- A (1 - H) + (H a - H A)."""
+    a_map = activation.float().clone()
+    boxes = []
+    for m in range(1, count + 1):
+        peak = a_map.amax(dim=(1, 2), keepdim=True)
+        hot = a_map > peak * (0.9 - 0.05 * m)
+        boxes.append(bounding_boxes(largest_components(hot)))
+        h = hot.float()
+        a_map = a_map * (1 - h) + (h * peak - h * a_map)
+    return torch.stack(boxes, dim=1)
+
+
+def crop(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear crops of (B, C, H, W) maps: ``boxes`` (B, R, 4) in [0, 1] image fractions
+    (x1, y1, x2, y2) -> (B * R, C, *size), one sample at each output cell's centre
+    (= ``torchvision.ops.roi_align(aligned=True, sampling_ratio=1)``)."""
+    batch, regions = boxes.shape[:2]
+    x1, y1, x2, y2 = (boxes.reshape(-1, 4) * 2 - 1).unbind(1)  # to grid_sample's [-1, 1]
+    theta = torch.zeros(batch * regions, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = (x2 - x1) / 2, (x1 + x2) / 2
+    theta[:, 1, 1], theta[:, 1, 2] = (y2 - y1) / 2, (y1 + y2) / 2
+    grid = F.affine_grid(theta, (batch * regions, maps.shape[1]) + tuple(size), align_corners=False)
+    source = maps.repeat_interleave(regions, dim=0)
+    return F.grid_sample(source, grid.to(maps.dtype), mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
+def activation_map(maps: list[torch.Tensor]) -> torch.Tensor:
+    """A_i: channel mean of the stage maps resized to the last one's size (B, h, w)."""
+    size = maps[-1].shape[-2:]
+    resized = [F.adaptive_avg_pool2d(m, size) for m in maps]
+    return torch.cat(resized, dim=1).mean(dim=1)
+
+
+class StageEncoder(nn.Module):
+    """N_sub-j: two convolutions, global max pooling, a fully connected layer to d."""
+
+    def __init__(self, channels: int, width: int, dim: int):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.fc = nn.Linear(width, dim)
+
+    def forward(self, x):
+        return self.fc(self.convs(x).amax(dim=(2, 3)))
+
+
+class CMBH(HashMethod):
+    name = "cmbh"
+    inputs = "stages"
+    train_config = {"epochs": 12, "batch_size": 16,
+                    "optimizer": {"type": "SGD", "lr": 1e-2, "momentum": 0.9,
+                                  "weight_decay": 5e-4}}
+    defaults = {"layers": True, "transfer": True, "regions": True}
+
+    def __init__(self, bits, num_classes, input_shapes, layers=None, transfer=None,
+                 regions=None, k: int = 2, dim: int = 256, width: int = 32,
+                 alpha: float = 16.0, num_regions: int = 4, hash_stage: int = 1):
+        super().__init__(bits, num_classes, input_shapes)
+        switches = dict(self.defaults, **{n: v for n, v in (("layers", layers), (
+            "transfer", transfer), ("regions", regions)) if v is not None})
+        self.layers, self.transfer, self.regions = (bool(switches[n]) for n in
+                                                    ("layers", "transfer", "regions"))
+        self.k, self.alpha, self.num_regions, self.l = k, alpha, num_regions, hash_stage
+        channels = [input_shapes[s][0] for s in STAGES]
+        self.c_vectors = nn.Parameter(torch.randn(num_classes, k, dim))
+        self.sub = nn.ModuleList(StageEncoder(c, width, dim) for c in channels)
+        self.hash_layer = nn.Linear(num_classes * k, bits, bias=False)  # W_h
+        self.fusion = nn.Linear(len(STAGES) * dim, dim)                  # N_con (train only)
+        self.stage_classifiers = nn.ModuleList(                         # N_cls-j (train only)
+            nn.Linear(dim, num_classes) for _ in STAGES)
+        self.previous = None  # (b^(t-1), c^(t-1), S^p ratio, labels): training state
+
+    # --- the inference path: N_sub-l, matching, W_h ------------------------------------
+    def matching(self, f):
+        """Eq. 3: cosine of every C-vector with f -> (B, classes, k)."""
+        c = F.normalize(self.c_vectors, dim=-1)
+        return torch.einsum("ykd,bd->byk", c, F.normalize(f, dim=-1))
+
+    def code_logits(self, m):
+        """Eq. 4 / Eq. 12: W_h vec(M), class-weighted by softmax(alpha sum_k M) with T."""
+        if self.transfer:
+            m = torch.softmax(self.alpha * m.sum(-1), dim=1).unsqueeze(-1) * m
+        return self.hash_layer(m.flatten(1))
+
+    def encode(self, inputs):
+        return self.code_logits(self.matching(self.sub[self.l](inputs[STAGES[self.l]])))
+
+    # --- training ----------------------------------------------------------------------
+    @torch.no_grad()
+    def on_epoch_start(self, epoch, data):
+        u = torch.cat([torch.tanh(self.encode(batch["inputs"])) for batch in data.batches()])
+        labels = data.labels
+        onehot = F.one_hot(labels, self.num_classes).float()
+        class_means = (onehot.T @ u) / onehot.sum(0).clamp(min=1)[:, None]
+        counts = onehot.sum(0)
+        similar_pairs = (counts ** 2).sum()
+        ratio = similar_pairs / (len(labels) ** 2 - similar_pairs)
+        self.previous = (torch.where(u >= 0, 1.0, -1.0), class_means, ratio, labels.clone())
+
+    def hash_loss(self, u, labels):
+        """Eq. 5-7 against the previous epoch's codes b and class proxies c."""
+        codes, proxies, ratio, all_labels = self.previous
+        s_pair = torch.where(labels[:, None] == all_labels[None, :], 1.0, -ratio)
+        s_class = torch.where(F.one_hot(labels, self.num_classes) > 0, 1.0,
+                              -1.0 / max(self.num_classes - 1, 1))
+        pair = ((u @ codes.T - self.bits * s_pair) ** 2).mean()
+        proxy = ((u @ proxies.T - self.bits * s_class) ** 2).mean()
+        return pair, proxy
+
+    def class_vectors(self, maps, pool):
+        """Eq. 10 / 13: the class vectors y^0..y^L of one input (a dict of maps) and M^l."""
+        if not self.layers:
+            m = self.matching(self.sub[self.l](maps[self.l]))
+            return [self.alpha * pool(m)], m
+        feats = [sub(x) for sub, x in zip(self.sub, maps)]
+        m = self.matching(feats[self.l])
+        fused = self.matching(self.fusion(torch.cat(feats, dim=1)))
+        vectors = [self.alpha * pool(fused)]
+        for j, f in enumerate(feats):
+            vectors.append(self.alpha * pool(m) if j == self.l else self.stage_classifiers[j](f))
+        return vectors, m
+
+    def semantic_losses(self, vectors, labels):
+        """Eq. 10 (sum of CE over the class vectors) and Eq. 11 (KD into y^l)."""
+        cls = sum(F.cross_entropy(v, labels) for v in vectors)
+        student = vectors[1 + self.l] if self.layers else vectors[0]
+        teacher = torch.softmax(sum(vectors).detach(), dim=1)
+        trans = -(teacher * F.log_softmax(student, dim=1)).sum(1).mean()
+        return cls, trans
+
+    def region_maps(self, maps):
+        """Algorithm 1 boxes -> bilinear crops of every stage map at half its resolution."""
+        activation = activation_map([m.detach() for m in maps])
+        h, w = activation.shape[-2:]
+        cells = locate_regions(activation, self.num_regions).float()
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+        boxes = (cells + torch.tensor([0.0, 0.0, 1.0, 1.0])) / scale
+        return [crop(x, boxes, (max(x.shape[-2] // 2, 1), max(x.shape[-1] // 2, 1)))
+                for x in maps]
+
+    def loss(self, batch):
+        maps = [batch["inputs"][s] for s in STAGES]
+        labels = batch["labels"]
+        vectors, m = self.class_vectors(maps, lambda t: t.sum(-1))
+        u = torch.tanh(self.code_logits(m))
+        pair, proxy = self.hash_loss(u, labels)
+        losses = {"hash_pair": pair, "hash_proxy": proxy}
+        if self.layers:
+            cls, trans = self.semantic_losses(vectors, labels)
+            losses["cls"] = cls
+            if self.transfer:
+                losses["trans"] = trans
+        if self.regions:
+            region_vectors, _ = self.class_vectors(self.region_maps(maps),
+                                                   lambda t: t.amax(-1))
+            cls, trans = self.semantic_losses(region_vectors,
+                                              labels.repeat_interleave(self.num_regions))
+            # Eq. 14 sums over the M regions; the CE means above average over B * M crops
+            losses["region"] = self.num_regions * (cls + (trans if self.transfer else 0))
+        return losses
+
+
+class CMBHBase(CMBH):
+    """Ablation row B of Table 4: C-vector matching and L_hash only."""
+    name = "cmbh-b"
+    defaults = {"layers": False, "transfer": False, "regions": False}
+
+
+class CMBHLayers(CMBH):
+    """Ablation row B+L of Table 4: adds early fusion and the per-layer classification."""
+    name = "cmbh-l"
+    defaults = {"layers": True, "transfer": False, "regions": False}
+
+
+class CMBHLayersTransfer(CMBH):
+    """Ablation row B+L+T of Table 4: adds the cross-layer transfer (Eq. 11-12)."""
+    name = "cmbh-lt"
+    defaults = {"layers": True, "transfer": True, "regions": False}
+
+
+@hookimpl
+def benchmark_methods():
+    return [CMBH, CMBHBase, CMBHLayers, CMBHLayersTransfer]
