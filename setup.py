@@ -9,6 +9,14 @@ from setuptools import find_packages, setup
 BUILTIN_PLUGINS = {
     "classic": "plugins.classic",
     "dsh": "plugins.dsh",
+    "cmbh": "plugins.cmbh",
+    "a2net": "plugins.a2net",
+    "hashnet": "plugins.hashnet",
+    "dpsh": "plugins.dpsh",
+    "greedyhash": "plugins.greedyhash",
+    "csq": "plugins.csq",
+    "orthohash": "plugins.orthohash",
+    "fish": "plugins.fish",
 }
 
 setup(
