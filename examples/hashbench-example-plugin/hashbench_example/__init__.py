@@ -1,0 +1,1 @@
+"""Example FGHashBench method plugin (see ``hashbench_example.dlbhc``)."""
