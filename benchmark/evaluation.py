@@ -1,19 +1,47 @@
-"""Retrieval metrics from binary codes, exact and named.
+"""Retrieval metrics from binary codes: exact, named, and computed without sorting.
 
-Ranking: database items sorted by Hamming distance to the query, ties broken by database
-index (a stable order), so every metric is a deterministic function of the codes.
+Ranking: database items ordered by Hamming distance to the query, ties broken by database
+index (a stable order), so every metric is a deterministic function of the codes. All
+metrics of a query set come from one pass (:func:`evaluate_retrieval`):
 
 * ``map``: mean over queries of AP@all = (1/R) sum_k P(k) rel(k) over the full ranking
-  (R = relevant items in the database). A query with R = 0 scores AP 0 and is counted in
-  ``queries_without_relevant``.
-* ``p@k``: fraction of relevant items among the first k of the ranking.
+  (R = relevant items in the database).
+* ``map_tie_aware``: the expected AP when the order inside each group of equal distance is
+  uniformly random (He et al., "Hashing as Tie-Aware Learning to Rank", CVPR 2018); closed
+  form in :func:`_tie_aware_ap`.
+* ``map@k_retrieved``: AP over the top k divided by the relevant items *in the top k* (the
+  hashing repositories' mAP@k); ``map@k_all``: the same sum divided by *all* R relevant
+  items (mmpretrain's ``RetrievalAveragePrecision``).
+* ``p@k``: relevant items among the first k, divided by k (even when k exceeds the database).
+* ``p@r2``: precision of the items within Hamming radius 2; a query with an empty radius-2
+  ball scores 0 and is counted in ``queries_empty_r2``.
+* precision-recall by Hamming radius r = 0..bits (``RetrievalResult.pr``): mean precision
+  over the queries that retrieve at least one item within r, mean recall over the queries
+  with R > 0.
+* A query with R = 0 scores AP 0 (in every mAP) and is counted in ``queries_without_relevant``.
+
+How it avoids sorting: distances are integers in [0, bits]. The rank of database item j is
+``#{i: d_i < d_j} + #{i < j: d_i = d_j} + 1``. The first term comes from a per-query
+histogram over distances. Only relevant items need ranks, and they are found from the
+labels, not by scanning: cut the database at the relevant items into segments and count
+items per (segment, distance); the items tied with j that come before it are then a
+prefix sum over segments (details in :class:`_Ranker`). The work per query chunk is one
+matrix product, one scatter-add and one cumulative sum over (segment, distance) bins;
+queries and database are processed in tiles, so memory is bounded for any database size.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 PRECISION_AT = (10, 100)
+MAP_AT = (100, 1000)
+RADIUS = 2
+TILE_ELEMENTS = 1 << 22  # query rows x database columns handled at once
+TILE_COLUMNS = 8192  # database columns per tile when the database is larger than 4 tiles
 
 
 def binarise(values: torch.Tensor) -> np.ndarray:
@@ -29,26 +57,319 @@ def hamming_distances(query: np.ndarray, database: np.ndarray) -> np.ndarray:
     return ((bits - q @ d.T) / 2).round().to(torch.int16).numpy()
 
 
-def evaluate_codes(query_codes, db_codes, query_labels, db_labels, chunk: int = 512) -> dict:
-    """mAP@all and P@k with the stable (index) tie order."""
-    ap_sum = 0.0
-    prec_sum = {k: 0.0 for k in PRECISION_AT}
-    no_relevant = 0
-    n_db = len(db_labels)
-    for start in range(0, len(query_labels), chunk):
-        labels = query_labels[start:start + chunk]
-        dist = hamming_distances(query_codes[start:start + chunk], db_codes)
-        order = np.argsort(dist, axis=1, kind="stable")
-        relevant = db_labels[order] == labels[:, None]
-        hits = np.cumsum(relevant, axis=1)
-        total = hits[:, -1]
-        no_relevant += int((total == 0).sum())
-        ranks = np.arange(1, n_db + 1)
-        ap = (hits / ranks * relevant).sum(axis=1) / np.maximum(total, 1)
-        ap_sum += float(ap.sum())
-        for k in PRECISION_AT:
-            prec_sum[k] += float(hits[:, min(k, n_db) - 1].sum() / k)
-    n = len(query_labels)
-    metrics = {"map": ap_sum / n, "queries_without_relevant": no_relevant}
-    metrics.update({f"p@{k}": prec_sum[k] / n for k in PRECISION_AT})
+# ---------------------------------------------------------------- ranking engine
+
+def _signed(codes: np.ndarray, start: int, stop: int) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(codes[start:stop])).to(torch.float32) * 2 - 1
+
+
+class _SameLabel:
+    """Database items sharing a label, listed without scanning the database."""
+
+    def __init__(self, db_labels: np.ndarray):
+        labels = torch.from_numpy(np.asarray(db_labels, dtype=np.int64))
+        self.order = torch.argsort(labels, stable=True)  # by label, then index
+        values, counts = torch.unique_consecutive(labels[self.order], return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        self.slices = {int(v): (int(s), int(s + c)) for v, s, c in zip(values, starts, counts)}
+
+    def members(self, label: int) -> torch.Tensor:
+        """Sorted database indices with this label (empty if none)."""
+        lo, hi = self.slices.get(int(label), (0, 0))
+        return self.order[lo:hi]
+
+    def count(self, label: int) -> int:
+        lo, hi = self.slices.get(int(label), (0, 0))
+        return hi - lo
+
+
+@dataclass
+class _Ranked:
+    """One query chunk: per-query distance histogram and each listed item's rank."""
+    hist: torch.Tensor  # (rows, bits+1) int64: database items at each distance
+    item_query: torch.Tensor  # (M,) query row of each listed item (within the chunk)
+    item_db: torch.Tensor  # (M,) database index
+    item_distance: torch.Tensor  # (M,) Hamming distance
+    item_rank: torch.Tensor  # (M,) 1-based rank, ties broken by database index
+
+
+class _Ranker:
+    """Ranks of same-label database items for chunks of label-sorted queries.
+
+    For label g with sorted members L_g, segment s_g(i) = #{l in L_g : l < i}. Member
+    L_g[k] lies in segment k, and the items before it are those of segments <= k except
+    itself, so the items tied with it that precede it are a prefix sum over segments of a
+    per-(segment, distance) count. The key ``distance + (bits+1) s_g(i)`` of every (query,
+    item) pair comes from one product per label and database tile:
+    ``q/2 . (-x) + bits/2 + (bits+1) s_g(i)`` (exact in float32: multiples of 1/2 below 2^22).
+    """
+
+    def __init__(self, db_codes: np.ndarray, db_labels: np.ndarray):
+        self.n_db, self.bits = db_codes.shape
+        self.width = self.bits + 1
+        self.same = _SameLabel(db_labels)
+        self.tile = self.n_db if self.n_db <= 4 * TILE_COLUMNS else TILE_COLUMNS
+        self.db_negated = torch.empty(self.n_db, self.bits)
+        for start in range(0, self.n_db, 1 << 16):
+            self.db_negated[start:start + (1 << 16)] = -_signed(db_codes, start, start + (1 << 16))
+        # reused buffers: fresh large allocations page-fault on every call
+        self.product = torch.empty(max(TILE_ELEMENTS, self.tile))
+        self.index = torch.empty(max(TILE_ELEMENTS, self.tile), dtype=torch.int64)
+        self.counts = torch.empty(max(4 * TILE_ELEMENTS, 2 ** 22), dtype=torch.int32)
+
+    def row_cap(self, most_members: int) -> int:
+        bins = (most_members + 1) * self.width
+        if bins + self.bits >= 2 ** 22:
+            raise ValueError(f"{most_members} database items share one label: too many for "
+                             f"exact {self.bits}-bit evaluation (limit {2 ** 22 // self.width - 2})")
+        return max(1, min(TILE_ELEMENTS // self.tile, len(self.counts) // bins))
+
+    def chunks(self, sorted_labels: np.ndarray) -> list[tuple[int, int]]:
+        """Row ranges of label-sorted queries whose buffers fit the preallocated memory."""
+        labels, sizes = np.unique(sorted_labels, return_counts=True)
+        chunks, lo, pos, most = [], 0, 0, 0
+        for label, size in zip(labels, sizes):
+            count, left = self.same.count(label), int(size)
+            while left:
+                if pos - lo >= self.row_cap(max(most, count)):
+                    chunks.append((lo, pos))
+                    lo, most = pos, 0
+                take = min(left, self.row_cap(max(most, count)) - (pos - lo))
+                pos, left, most = pos + take, left - take, max(most, count)
+        if pos > lo:
+            chunks.append((lo, pos))
+        return chunks
+
+    def rank(self, query_codes: np.ndarray, query_labels: np.ndarray) -> _Ranked:
+        """Ranks of every same-label database item of each query (labels sorted)."""
+        rows, width = len(query_codes), self.width
+        labels, first_row, group_rows = np.unique(query_labels, return_index=True, return_counts=True)
+        lists = [self.same.members(label) for label in labels]
+        sizes = torch.tensor([len(m) for m in lists], dtype=torch.int64)
+        segments = int(sizes.max()) + 1
+        group = torch.repeat_interleave(torch.arange(len(labels)), torch.from_numpy(group_rows))
+        query = _signed(query_codes, 0, rows) * 0.5
+        # listed items: query row, database index, segment k (position in its label's list)
+        per_row = sizes[group]
+        item_query = torch.repeat_interleave(torch.arange(rows), per_row)
+        item_segment = torch.arange(len(item_query)) - (torch.cumsum(per_row, 0) - per_row)[item_query]
+        first_member = torch.cumsum(sizes, 0) - sizes
+        item_db = torch.cat(lists)[first_member[group][item_query] + item_segment]
+        by_db = torch.argsort(item_db)
+        tile_of_item = torch.searchsorted(item_db[by_db], torch.arange(0, self.n_db + self.tile, self.tile))
+        item_key = torch.empty(len(item_db), dtype=torch.int64)
+        counts = self.counts[:rows * segments * width].view(rows, segments * width).zero_()
+        ones = torch.ones(1, dtype=torch.int32)
+        for t, start in enumerate(range(0, self.n_db, self.tile)):
+            stop = min(self.n_db, start + self.tile)
+            columns = stop - start
+            database = self.db_negated[start:stop].T
+            product = self.product[:rows * columns].view(rows, columns)
+            for lo, size, members in zip(first_row, group_rows, lists):
+                inside = members[(members >= start) & (members < stop)] - start
+                marks = torch.zeros(columns)
+                marks[inside] = 1.0
+                segment = torch.cumsum(marks, 0) - marks + int((members < start).sum())
+                offset = (segment * width + self.bits / 2)[None]
+                torch.addmm(offset, query[lo:lo + size], database, out=product[lo:lo + size])
+            index = self.index[:rows * columns].view(rows, columns)
+            index.copy_(product)
+            counts.scatter_add_(1, index, ones.expand(rows, columns))
+            here = by_db[int(tile_of_item[t]):int(tile_of_item[t + 1])]
+            item_key[here] = index.view(-1)[item_query[here] * columns + item_db[here] - start]
+        distance = item_key - item_segment * width
+        counts = counts.view(rows, segments, width)
+        hist = counts.sum(1, dtype=torch.int64)
+        counts.cumsum_(1)  # items before the end of each segment, per distance
+        tie_before = counts.view(-1)[(item_query * segments + item_segment) * width + distance] - 1
+        smaller = torch.cumsum(hist, 1) - hist
+        rank = smaller[item_query, distance] + tie_before + 1
+        return _Ranked(hist, item_query, item_db, distance, rank)
+
+
+def _ranked_chunks(query_codes, db_codes, query_labels, db_labels):
+    """Yield (query indices, _Ranked) over chunks of queries grouped by label."""
+    query_codes, db_codes = np.asarray(query_codes), np.asarray(db_codes)
+    query_labels = np.asarray(query_labels)
+    if query_codes.ndim != 2 or db_codes.ndim != 2 or query_codes.shape[1] != db_codes.shape[1]:
+        raise ValueError(f"codes must be (Q, bits) and (N, bits) with equal bits, got "
+                         f"{query_codes.shape} and {db_codes.shape}")
+    if len(query_codes) != len(query_labels) or len(db_codes) != len(db_labels):
+        raise ValueError("one label per code is needed")
+    if len(db_codes) == 0 or len(query_codes) == 0:
+        raise ValueError("evaluation needs at least one query and one database item")
+    ranker = _Ranker(db_codes, db_labels)
+    order = np.argsort(query_labels, kind="stable")
+    for lo, hi in ranker.chunks(query_labels[order]):
+        rows = order[lo:hi]
+        yield rows, ranker.rank(query_codes[rows], query_labels[rows])
+
+
+# ---------------------------------------------------------------- metrics
+
+def _by_query_then_rank(ranked: _Ranked, n_query: int):
+    """Listed items sorted by (query, rank) and each one's position (1-based) in its query."""
+    scale = int(ranked.hist[0].sum()) + 1  # ranks are at most the database size
+    order = torch.argsort(ranked.item_query * scale + ranked.item_rank)
+    counts = torch.bincount(ranked.item_query, minlength=n_query)
+    first = torch.cumsum(counts, 0) - counts
+    query = ranked.item_query[order]
+    position = torch.arange(len(order)) - first[query] + 1
+    return order, query, position, counts
+
+
+def _harmonic(n: int) -> torch.Tensor:
+    """H[m] = sum_{i=1..m} 1/i for m = 0..n (float64)."""
+    return torch.cat([torch.zeros(1, dtype=torch.float64),
+                      torch.cumsum(1.0 / torch.arange(1, n + 1, dtype=torch.float64), 0)])
+
+
+def _tie_aware_ap(hist: torch.Tensor, relevant_hist: torch.Tensor, harmonic: torch.Tensor):
+    """Expected AP under a random order inside each distance group (He et al. 2018).
+
+    Group d holds n_d items (r_d relevant) after N_d items (R_d relevant). Position i of
+    the group is relevant with probability r_d/n_d and then has on average
+    (i-1)(r_d-1)/(n_d-1) relevant items before it inside the group, so
+    AP = (1/R) sum_d (r_d/n_d) sum_{i=1..n_d} (R_d + 1 + (i-1)(r_d-1)/(n_d-1)) / (N_d + i).
+    With dH = H(N_d+n_d) - H(N_d) and sum_i (i-1)/(N_d+i) = n_d - (N_d+1) dH, the inner sum
+    is (R_d+1) dH + (r_d-1)/(n_d-1) (n_d - (N_d+1) dH).
+    """
+    n, r = hist.double(), relevant_hist.double()
+    before = torch.cumsum(hist, 1) - hist
+    relevant_before = (torch.cumsum(relevant_hist, 1) - relevant_hist).double()
+    dh = harmonic[before + hist] - harmonic[before]
+    spread = torch.where(n > 1, (r - 1) / (n - 1).clamp(min=1), torch.zeros_like(n))
+    inner = (relevant_before + 1) * dh + spread * (n - (before.double() + 1) * dh)
+    total = torch.where(r > 0, r / n.clamp(min=1) * inner, torch.zeros_like(n)).sum(1)
+    relevant = r.sum(1)
+    return torch.where(relevant > 0, total / relevant.clamp(min=1), torch.zeros_like(total))
+
+
+@dataclass
+class RetrievalResult:
+    """Scalar metrics (JSON-ready), per-query AP@all, and precision-recall by radius."""
+    metrics: dict
+    per_query_ap: np.ndarray
+    pr: dict = field(default_factory=dict)
+
+
+def evaluate_retrieval(query_codes, db_codes, query_labels, db_labels) -> RetrievalResult:
+    """Every metric of the module docstring from one ranking of each query."""
+    n_query, bits = len(query_labels), np.asarray(db_codes).shape[1]
+    per_query_ap = np.zeros(n_query)
+    tie_sum = 0.0
+    at_k = {k: {"p": 0.0, "retrieved": 0.0, "all": 0.0} for k in sorted(set(PRECISION_AT) | set(MAP_AT))}
+    no_relevant = empty_ball = 0
+    radius_precision = 0.0
+    pr_precision = torch.zeros(bits + 1, dtype=torch.float64)
+    pr_retrieving = torch.zeros(bits + 1, dtype=torch.int64)
+    pr_recall = torch.zeros(bits + 1, dtype=torch.float64)
+    harmonic = _harmonic(len(db_labels))
+    for query_rows, ranked in _ranked_chunks(query_codes, db_codes, query_labels, db_labels):
+        rows = len(query_rows)
+        order, query, hits, counts = _by_query_then_rank(ranked, rows)
+        rank = ranked.item_rank[order]
+        precision = hits.double() / rank.double()
+        ap_sum = torch.zeros(rows, dtype=torch.float64).index_add_(0, query, precision)
+        relevant = counts.double()
+        ap = torch.where(counts > 0, ap_sum / relevant.clamp(min=1), torch.zeros_like(ap_sum))
+        per_query_ap[query_rows] = ap.numpy()
+        no_relevant += int((counts == 0).sum())
+        for k, sums in at_k.items():
+            inside = (rank <= k)
+            hit_count = torch.zeros(rows, dtype=torch.float64).index_add_(0, query, inside.double())
+            sum_k = torch.zeros(rows, dtype=torch.float64).index_add_(0, query, precision * inside)
+            sums["p"] += float(hit_count.sum()) / k
+            sums["retrieved"] += float((sum_k / hit_count.clamp(min=1)).sum())
+            sums["all"] += float((sum_k / relevant.clamp(min=1)).sum())
+        relevant_hist = torch.zeros_like(ranked.hist).index_put_(
+            (ranked.item_query, ranked.item_distance), torch.ones(1, dtype=torch.int64), accumulate=True)
+        tie_sum += float(_tie_aware_ap(ranked.hist, relevant_hist, harmonic).sum())
+        within = torch.cumsum(ranked.hist, 1)
+        relevant_within = torch.cumsum(relevant_hist, 1)
+        ball = within[:, min(RADIUS, bits)]
+        empty_ball += int((ball == 0).sum())
+        radius_precision += float((relevant_within[:, min(RADIUS, bits)].double() / ball.clamp(min=1)).sum())
+        retrieving = within > 0
+        pr_retrieving += retrieving.sum(0)
+        pr_precision += (relevant_within.double() / within.clamp(min=1)).sum(0)
+        pr_recall += (relevant_within.double() / relevant.clamp(min=1)[:, None]).sum(0)
+    metrics = {"map": float(per_query_ap.mean()), "map_tie_aware": tie_sum / n_query}
+    for k in MAP_AT:
+        metrics[f"map@{k}_retrieved"] = at_k[k]["retrieved"] / n_query
+        metrics[f"map@{k}_all"] = at_k[k]["all"] / n_query
+    for k in PRECISION_AT:
+        metrics[f"p@{k}"] = at_k[k]["p"] / n_query
+    metrics.update({f"p@r{RADIUS}": radius_precision / n_query, "queries_empty_r2": empty_ball,
+                    "queries_without_relevant": no_relevant, "queries": n_query})
+    with_relevant = max(n_query - no_relevant, 1)
+    pr = {"radius": np.arange(bits + 1),
+          "precision": (pr_precision / pr_retrieving.clamp(min=1)).numpy(),
+          "recall": (pr_recall / with_relevant).numpy(),
+          "queries_retrieving": pr_retrieving.numpy()}
+    return RetrievalResult(metrics, per_query_ap, pr)
+
+
+def evaluate_codes(query_codes, db_codes, query_labels, db_labels) -> dict:
+    """The scalar metrics of :func:`evaluate_retrieval`."""
+    return evaluate_retrieval(query_codes, db_codes, query_labels, db_labels).metrics
+
+
+# ---------------------------------------------------------------- re-identification
+
+CMC_AT = (1, 5, 10)
+
+
+def evaluate_reid(query_codes, db_codes, query_ids, db_ids, query_cameras, db_cameras) -> dict:
+    """Market-1501 protocol on a Hamming ranking (ties broken by gallery index).
+
+    For each query, gallery items with the query's identity *and* camera are junk, and so
+    is every gallery item with identity -1; junk is removed from the ranking. The good
+    matches are the same identity from another camera; everything else (distractors with
+    identity 0 included) is a negative. ``rank-k`` (CMC) is the fraction of queries whose
+    first good match is within the first k; ``map`` is the mean of AP = (1/G) sum over good
+    matches of (good matches so far) / (rank without junk), as torchreid and fast-reid
+    compute it. (Zheng et al.'s MATLAB code instead averages the precision just before
+    and at each hit, which reads slightly higher.) A query with no good match scores AP 0
+    and rank-k 0 and is counted in ``queries_without_relevant``.
+    """
+    db_ids, db_cameras = np.asarray(db_ids), np.asarray(db_cameras)
+    query_cameras = np.asarray(query_cameras)
+    if len(query_cameras) != len(query_ids) or len(db_cameras) != len(db_ids):
+        raise ValueError("one camera id per code is needed")
+    keep = db_ids != -1
+    db_codes, db_ids, db_cameras = np.asarray(db_codes)[keep], db_ids[keep], db_cameras[keep]
+    n_query = len(query_ids)
+    ap_total, first_hits, no_good = 0.0, {k: 0 for k in CMC_AT}, 0
+    for query_rows, ranked in _ranked_chunks(query_codes, db_codes, query_ids, db_ids):
+        rows = len(query_rows)
+        order, query, _, _ = _by_query_then_rank(ranked, rows)
+        rank = ranked.item_rank[order]
+        cameras = torch.from_numpy(query_cameras[query_rows])
+        junk = torch.from_numpy(db_cameras)[ranked.item_db[order]] == cameras[query]
+        good = (~junk).long()
+        # cumulative counts inside each query's group (items are sorted by query, rank)
+        good_so_far = _group_cumsum(good, query, rows)
+        junk_before = _group_cumsum(junk.long(), query, rows) - junk.long()
+        clean_rank = (rank - junk_before).double()
+        good_count = torch.zeros(rows, dtype=torch.int64).index_add_(0, query, good)
+        ap_sum = torch.zeros(rows, dtype=torch.float64).index_add_(
+            0, query, torch.where(junk, 0.0, good_so_far.double() / clean_rank))
+        ap_total += float((ap_sum / good_count.clamp(min=1)).sum())
+        no_good += int((good_count == 0).sum())
+        first = torch.full((rows,), torch.inf, dtype=torch.float64).scatter_reduce_(
+            0, query, torch.where(junk, torch.inf, clean_rank), reduce="amin")
+        for k in CMC_AT:
+            first_hits[k] += int((first <= k).sum())
+    metrics = {f"rank-{k}": first_hits[k] / n_query for k in CMC_AT}
+    metrics.update({"map": ap_total / n_query, "queries_without_relevant": no_good,
+                    "queries": n_query})
     return metrics
+
+
+def _group_cumsum(values: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Inclusive cumulative sum restarting at each group (rows sorted by group)."""
+    total = torch.cumsum(values, 0)
+    group_total = torch.zeros(n_groups, dtype=values.dtype).index_add_(0, group, values)
+    before_group = torch.cumsum(group_total, 0) - group_total
+    return total - before_group[group]
