@@ -24,6 +24,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
 def _name_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -49,7 +59,11 @@ def cmd_run(args) -> int:
                           epochs=args.epochs, max_classes=args.max_classes, data_root=args.data_root, out=Path(args.out),
                           overwrite=args.overwrite,
                           cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, noise=args.noise,
+                          long_tail=args.long_tail, resolution=args.resolution,
+                          resolution_db=args.resolution_db, val_frac=args.val_frac,
+                          on_bad_image=args.on_bad_image, backbone=args.backbone,
+                          backbone_weights=args.backbone_weights)
     records = run_grid(request)
     failed = [r for r in records if r["status"] != "ok"]
     print(f"{len(records) - len(failed)} runs ok, {len(failed)} failed; "
@@ -58,25 +72,30 @@ def cmd_run(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from . import leaderboard
+    from . import exports
     from .store import ResultStore
-    store_path = Path(args.results) / "results.sqlite"
-    if not store_path.is_file():
-        raise BenchmarkError(f"no result store at {store_path}")
-    with ResultStore(store_path) as store:
-        pages = leaderboard.render_all(store.records())
-    if not pages:
-        raise BenchmarkError(f"{store_path} holds no successful runs")
     out = Path(args.out)
+    if args.records:
+        records = exports.read_records(Path(args.records))
+    else:
+        store_path = Path(args.results) / "results.sqlite"
+        if not store_path.is_file():
+            raise BenchmarkError(f"no result store at {store_path}")
+        with ResultStore(store_path) as store:
+            records = store.records()
+    papers = Path(args.papers) if args.papers else out / exports.PAPERS_FILE
+    if args.papers and not papers.is_file():
+        raise BenchmarkError(f"no paper results file at {papers}")
+    files = exports.build(records, exports.read_papers(papers) if papers.is_file() else None)
     if args.check:
-        stale = leaderboard.stale(pages, out)
+        stale = exports.stale(files, out)
         for name in stale:
             print(f"stale: {out / name} differs from the regenerated leaderboard")
-        print("leaderboards up to date" if not stale else f"{len(stale)} stale leaderboard(s)")
+        print("leaderboards up to date" if not stale else f"{len(stale)} stale leaderboard file(s)")
         return 1 if stale else 0
-    for path in leaderboard.write(pages, out):
+    for path in exports.write(files, out):
         print(f"wrote {path}")
-        if args.print:
+        if args.print and path.suffix == ".md" and path.name != "README.md":
             print(path.read_text())
     return 0
 
@@ -105,6 +124,12 @@ def cmd_check_plugin(args) -> int:
     return 1 if failed_total else 0
 
 
+def cmd_perf(args) -> int:
+    from . import perf
+    perf.main(quick=args.quick, scale=not args.no_scale)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,19 +151,47 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", default=None,
                      help="feature cache (default: $BENCHMARK_CACHE_DIR or ~/.cache/fghashbench)")
     run.add_argument("--no-progress", action="store_true")
+    protocol = run.add_argument_group("protocols (every combination of the listed values is run)")
+    protocol.add_argument("--noise", default=None, metavar="KIND:R[,R...]",
+                          help="train-label noise, e.g. symmetric:0,0.2,0.5 or pairflip:0.4")
+    protocol.add_argument("--long-tail", default=None, metavar="exp:RHO[,RHO...]",
+                          help="exponential long-tailed train split, largest/smallest = RHO")
+    protocol.add_argument("--resolution", type=_float_list, default=[1], metavar="S[,S...]",
+                          help="downsample query images by factor S")
+    protocol.add_argument("--resolution-db", type=float, default=1, metavar="S",
+                          help="downsample database images by factor S (default 1: full size)")
+    protocol.add_argument("--val-frac", type=float, default=0.0, metavar="F",
+                          help="carve F of each class's train images for validation-based "
+                               "model selection (default 0: last epoch)")
+    run.add_argument("--on-bad-image", default="fail", choices=["fail", "skip"],
+                     help="an unreadable image fails the runs (default) or is left out")
+    run.add_argument("--backbone", default="efficientnet_lite0",
+                     help="backbone (registry BACKBONES): efficientnet_lite0, resnet18, resnet50")
+    run.add_argument("--backbone-weights", default=None, metavar="PATH",
+                     help="ImageNet checkpoint for the backbone (torchvision or mmpretrain format)")
     check = sub.add_parser("check-plugin", help="run the conformance kit on a method or plugin")
     check.add_argument("name", help="a method name or an entry-point (plugin) name")
     board = sub.add_parser("leaderboard", help="write leaderboard markdown from a result store")
-    board.add_argument("--results", default="results")
+    source = board.add_mutually_exclusive_group()
+    source.add_argument("--results", default="results", help="a results folder (SQLite store)")
+    source.add_argument("--records", default=None,
+                        help="an exported records.jsonl instead of a store (what CI checks)")
+    board.add_argument("--papers", default=None,
+                       help="quoted paper numbers (default: OUT/paper_results.json if present)")
     board.add_argument("--out", default="leaderboards")
     board.add_argument("--check", action="store_true",
-                       help="exit 1 when the markdown in --out differs from the regenerated one")
+                       help="exit 1 when any file in --out (markdown, plots, records) differs "
+                            "byte for byte from the regenerated one")
     board.add_argument("--print", action="store_true", help="also print the tables")
+    perf = sub.add_parser("perf", help="time evaluation and faiss search (ratios from one run)")
+    perf.add_argument("--quick", action="store_true", help="toy sizes (seconds; for tests)")
+    perf.add_argument("--no-scale", action="store_true",
+                      help="skip the 10k x 1M mAP scale test")
     return p
 
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "check-plugin": cmd_check_plugin,
-            "leaderboard": cmd_leaderboard}
+            "leaderboard": cmd_leaderboard, "perf": cmd_perf}
 
 
 def main(argv=None) -> int:

@@ -30,6 +30,11 @@ class ImageSet:
     is_train: np.ndarray        # bool
     load: Callable[[int], Image.Image] = field(repr=False)
     identity: str = ""          # what the images are (content hash / generator spec)
+    # Datasets with their own query/gallery split (re-ID): which images are queries and
+    # which form the database; None means query = test split, database = train split.
+    query_mask: np.ndarray | None = None
+    db_mask: np.ndarray | None = None
+    cameras: np.ndarray | None = None   # int camera id per image (re-ID), else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -44,15 +49,22 @@ class ImageSet:
         kept_classes = np.unique(self.labels[index])
         remap = np.full(self.num_classes, -1, dtype=np.int64)
         remap[kept_classes] = np.arange(len(kept_classes))
+        def part(array):
+            return None if array is None else array[index]
         return ImageSet(name=f"{self.name}{suffix}", classes=[self.classes[c] for c in kept_classes],
                         paths=[self.paths[i] for i in index], labels=remap[self.labels[index]],
                         is_train=self.is_train[index], load=lambda i: self.load(int(index[i])),
-                        identity=f"{self.identity}|subset:{hashlib.sha256(index.tobytes()).hexdigest()}")
+                        identity=f"{self.identity}|subset:{hashlib.sha256(index.tobytes()).hexdigest()}",
+                        query_mask=part(self.query_mask), db_mask=part(self.db_mask),
+                        cameras=part(self.cameras))
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self.identity.encode())
         digest.update(self.labels.tobytes())
         digest.update(self.is_train.tobytes())
+        for extra in (self.query_mask, self.db_mask, self.cameras):
+            if extra is not None:
+                digest.update(np.ascontiguousarray(extra).tobytes())
         return digest.hexdigest()[:16]
 
 

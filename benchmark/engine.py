@@ -30,6 +30,8 @@ class TrainData:
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor
     batch_size: int
+    #: factor -> inputs at that downsampling factor (a method's ``train_resolutions``)
+    resolution_inputs: dict[int, dict[str, torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -38,12 +40,23 @@ class TrainData:
         """Mini-batches in a seeded random order (sequential when no generator)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        factors = sorted(self.resolution_inputs or {})
+        if factors:  # one factor per sample and epoch, drawn after the order (seeded)
+            choice = torch.randint(len(factors), (n,), generator=generator)
         for start in range(0, n, self.batch_size):
             index = order[start:start + self.batch_size]
             if len(index) < 2 and n >= 2:
                 continue  # pairwise losses need two samples; keep batches well-formed
-            yield {"inputs": {k: v[index] for k, v in self.inputs.items()},
-                   "labels": self.labels[index], "indices": index}
+            batch = {"inputs": {k: v[index] for k, v in self.inputs.items()},
+                     "labels": self.labels[index], "indices": index}
+            if factors:
+                picked = choice[index]
+                for slot, factor in enumerate(factors):
+                    rows = (picked == slot).nonzero().flatten()
+                    for k, v in self.resolution_inputs[factor].items():
+                        batch["inputs"][k][rows] = v[index[rows]]
+                batch["resolution"] = 1.0 / torch.tensor(factors, dtype=torch.float32)[picked]
+            yield batch
 
 
 def input_names(method_cls) -> tuple[str, ...]:
@@ -63,8 +76,9 @@ def build_optimizer(method: HashMethod, config: dict) -> torch.optim.Optimizer:
 
 
 def train(method: HashMethod, data: TrainData, epochs: int, seed: int, optimizer_config: dict,
-          progress=None) -> list[float]:
-    """Minimise the summed loss dict; return the mean loss of each epoch."""
+          progress=None, after_epoch=None) -> list[float]:
+    """Minimise the summed loss dict; return the mean loss of each epoch.
+    ``after_epoch(epoch)`` runs after each epoch (validation-based model selection)."""
     optimizer = build_optimizer(method, optimizer_config)
     generator = torch.Generator().manual_seed(seed)
     history = []
@@ -85,6 +99,8 @@ def train(method: HashMethod, data: TrainData, epochs: int, seed: int, optimizer
             optimizer.step()
             total, count = total + loss.item(), count + 1
         history.append(total / max(count, 1))
+        if after_epoch:
+            after_epoch(epoch)
         if progress:
             progress(epoch + 1, epochs, history[-1])
     return history
@@ -108,30 +124,82 @@ def encode_all(method: HashMethod, inputs: dict[str, torch.Tensor], batch_size: 
 def run_method(method_cls, hparams: dict, features: Features, labels: np.ndarray,
                is_train: np.ndarray, num_classes: int, bits: int, seed: int,
                epochs: int | None = None, train_labels: np.ndarray | None = None,
-               progress=None) -> dict:
-    """Train and evaluate one method; return codes, metrics and training facts."""
+               progress=None, *, split=None, query_features: Features | None = None,
+               db_features: Features | None = None,
+               resolution_features: dict[int, Features] | None = None,
+               metrics_fn=evaluate_codes) -> dict:
+    """Train and evaluate one method; return codes, metrics and training facts.
+
+    ``split`` (a ``protocols.Split``) says which images train, validate, query and form
+    the database, and the (noisy) training labels; without it, train = database =
+    ``is_train`` and query = the rest. ``query_features``/``db_features`` replace
+    ``features`` for encoding queries / the database (the resolution protocol);
+    ``resolution_features`` maps each of the method's ``train_resolutions`` factors to
+    features at that factor. With a validation split, the epoch with the best validation
+    mAP (val queries against the training set, noisy labels) is kept; otherwise the last.
+    """
+    from .protocols import materialise, Protocol
     seed_everything(seed)
     names = input_names(method_cls)
-    train_index, query_index = np.flatnonzero(is_train), np.flatnonzero(~is_train)
-    train_inputs = features.select(names, train_index)
+    absent = [n for n in names if n not in features.arrays]
+    if absent:
+        raise BenchmarkError(f"method {method_cls.name!r} needs {', '.join(absent)}, which "
+                             f"cached frozen features do not hold (use --regime finetune)")
+    if split is None:
+        split = materialise(labels, is_train, num_classes, Protocol(), seed)
+        if train_labels is not None:
+            split.train_labels = train_labels
+    train_inputs = features.select(names, split.train_index)
     shapes = {n: tuple(train_inputs[n].shape[1:]) for n in names}
     method = method_cls(bits=bits, num_classes=num_classes, input_shapes=shapes, **hparams)
-    given = torch.from_numpy(labels[train_index] if train_labels is None else train_labels)
+    given = torch.from_numpy(np.asarray(split.train_labels, dtype=np.int64))
     history: list[float] = []
+    selection = {"rule": "last_epoch"}
     config = method_cls.train_config
     epochs = config.get("epochs", 1) if epochs is None else epochs
     if method_cls.trainable:
-        data = TrainData(train_inputs, given, int(config.get("batch_size", 64)))
-        history = train(method, data, epochs, seed, config["optimizer"], progress)
+        factors = tuple(getattr(method_cls, "train_resolutions", (1,)) or (1,))
+        by_factor = None
+        if factors != (1,):
+            missing = [f for f in factors if f != 1 and f not in (resolution_features or {})]
+            if missing:
+                raise BenchmarkError(f"method {method_cls.name!r}: no features at training "
+                                     f"resolution factor(s) {missing}")
+            by_factor = {f: train_inputs if f == 1 else
+                         resolution_features[f].select(names, split.train_index) for f in factors}
+        data = TrainData(train_inputs, given, int(config.get("batch_size", 64)), by_factor)
+        after_epoch = None
+        if len(split.val_index):
+            val_inputs = features.select(names, split.val_index)
+            val_labels = np.asarray(split.val_labels)
+            best = {"map": -1.0}
+            val_history = []
+
+            def after_epoch(epoch):
+                score = evaluate_codes(encode_all(method, val_inputs), encode_all(method, train_inputs),
+                                       val_labels, given.numpy())["map"]
+                val_history.append(round(score, 6))
+                if score > best["map"]:
+                    best.update(map=score, epoch=epoch + 1,
+                                state={k: v.detach().clone() for k, v in method.state_dict().items()})
+            selection = {"rule": "best_val_map", "val_map": val_history}
+        history = train(method, data, epochs, seed, config["optimizer"], progress, after_epoch)
+        if after_epoch is not None and "state" in best:
+            method.load_state_dict(best.pop("state"))
+            selection.update(epoch=best["epoch"], best_val_map=round(best["map"], 6))
     else:
         method.eval()
         with torch.no_grad():
             method.fit(train_inputs, given if method_cls.supervised else None)
-    db_codes = encode_all(method, train_inputs)
-    query_codes = encode_all(method, features.select(names, query_index))
-    metrics = evaluate_codes(query_codes, db_codes, labels[query_index], labels[train_index])
+    db_source = db_features or features
+    db_inputs = (train_inputs if db_source is features and np.array_equal(split.db_index, split.train_index)
+                 else db_source.select(names, split.db_index))
+    db_codes = encode_all(method, db_inputs)
+    query_codes = encode_all(method, (query_features or features).select(names, split.query_index))
+    query_labels, db_labels = labels[split.query_index], labels[split.db_index]
+    metrics = metrics_fn(query_codes, db_codes, query_labels, db_labels)
     return {"method": method, "input_shapes": shapes, "metrics": metrics,
             "history": [round(v, 6) if math.isfinite(v) else None for v in history],
-            "epochs": epochs if method_cls.trainable else 0,
+            "epochs": epochs if method_cls.trainable else 0, "selection": selection,
             "codes": {"query_codes": query_codes, "db_codes": db_codes,
-                      "query_labels": labels[query_index], "db_labels": labels[train_index]}}
+                      "query_labels": query_labels, "db_labels": db_labels}}

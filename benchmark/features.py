@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .backbones import build_backbone
 from .data import ImageSet
+from .errors import DataError
 
 CACHE_FORMAT = 1
 
@@ -57,6 +58,9 @@ class Features:
     """Arrays indexed like the dataset's images (memory-mapped fp16)."""
     arrays: dict[str, np.ndarray]
     path: Path
+    #: (image index, message) of unreadable images skipped (zero features) under
+    #: ``on_bad_image="skip"``; the runner leaves them out of every split
+    bad: list = field(default_factory=list)
 
     def shapes(self) -> dict[str, tuple]:
         return {k: tuple(v.shape[1:]) for k, v in self.arrays.items()}
@@ -76,30 +80,50 @@ def cache_key(dataset: ImageSet, backbone: str, weights_id: str, transform: Tran
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _open(path: Path) -> Features:
+def _open(path: Path, on_bad_image: str = "fail") -> Features:
     names = sorted(p.stem for p in path.glob("*.npy"))
-    return Features({n: np.load(path / f"{n}.npy", mmap_mode="r") for n in names}, path)
+    bad = [tuple(b) for b in json.loads((path / "done").read_text()).get("bad", [])]
+    if bad and on_bad_image == "fail":
+        raise DataError(f"{bad[0][1]} (and {len(bad) - 1} more); --on-bad-image skip leaves "
+                        f"unreadable images out" if len(bad) > 1 else
+                        f"{bad[0][1]}; --on-bad-image skip leaves unreadable images out")
+    return Features({n: np.load(path / f"{n}.npy", mmap_mode="r") for n in names}, path, bad)
 
 
 def extract_features(dataset: ImageSet, backbone: str = "efficientnet_lite0",
                      transform: Transform = Transform(), cache_dir: Path | None = None,
-                     batch_size: int = 32, progress: bool = True) -> Features:
-    """Return cached features, computing (and caching) them on first use."""
+                     batch_size: int = 32, progress: bool = True,
+                     on_bad_image: str = "fail") -> Features:
+    """Return cached features, computing (and caching) them on first use.
+
+    An unreadable image raises ``DataError`` naming its path (``on_bad_image="fail"``) or,
+    with ``"skip"``, gets zero features and is listed in ``Features.bad``."""
     model = build_backbone(backbone).eval()
     key = cache_key(dataset, backbone, model.weights_id, transform)
     folder = Path(cache_dir or default_cache_dir()) / f"{dataset.name}-{key}"
     if (folder / "done").is_file():
-        return _open(folder)
+        return _open(folder, on_bad_image)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model = model.to(memory_format=torch.channels_last)
     n = len(dataset)
     writers: dict[str, np.ndarray] = {}
+    bad: list[tuple[int, str]] = []
+    blank = Image.new("RGB", (transform.input_size, transform.input_size))
+
+    def load(i):
+        try:
+            return dataset.load(i)
+        except DataError as exc:
+            if on_bad_image != "skip":
+                raise
+            bad.append((i, str(exc)))
+            return blank
 
     def load_batch(start):
         idx = range(start, min(n, start + batch_size))
-        return start, torch.stack([transform(dataset.load(i), model.mean, model.std) for i in idx])
+        return start, torch.stack([transform(load(i), model.mean, model.std) for i in idx])
 
     starts = list(range(0, n, batch_size))
     bar = tqdm(total=n, desc=f"features {dataset.name}@{transform.input_size}", unit="img",
@@ -117,16 +141,20 @@ def extract_features(dataset: ImageSet, backbone: str = "efficientnet_lite0",
                         writers[name] = np.lib.format.open_memmap(
                             tmp / f"{name}.npy", mode="w+", dtype=np.float16,
                             shape=(n,) + tuple(value.shape[1:]))
-                    writers[name][start:start + len(images)] = value.float().numpy()
+                    value = value.float()
+                    for i, _ in bad:
+                        if start <= i < start + len(images):
+                            value[i - start] = 0
+                    writers[name][start:start + len(images)] = value.numpy()
                 bar.update(len(images))
         for array in writers.values():
             array.flush()
         writers.clear()
-        (tmp / "done").write_text(json.dumps({"images": n, "dataset": dataset.name}))
+        (tmp / "done").write_text(json.dumps({"images": n, "dataset": dataset.name, "bad": bad}))
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
     finally:
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    return _open(folder)
+    return _open(folder, on_bad_image)

@@ -1,14 +1,15 @@
 """Leaderboard markdown: a pure function of the ok result records.
 
-One file per dataset; one table per setting (regime, backbone, input size, protocol).
-Rows are methods, ordered by their mean mAP over the table's bit lengths (then by name);
+One file per dataset; one table per setting (regime, backbone, input size). Rows are
+(protocol, method) pairs: protocols in a fixed order ("clean" first, then by their text),
+so a method's clean and noisy / long-tailed / low-resolution rows sit in the same table;
+within a protocol, methods are ordered by their mean mAP over the table's bit lengths (then by name);
 each mAP cell is mean +- sample std over the table's seeds (the mean alone for one seed). A cell that lacks any of the
 table's seeds shows the count instead of a partial mean; a cell with no run shows "-".
 No timestamps: the same records give byte-identical markdown.
 """
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -18,14 +19,24 @@ MISSING = "-"
 
 def _setting(record: dict) -> tuple:
     spec = record["spec"]
-    return (spec["regime"], spec["backbone"], spec["input_size"],
-            json.dumps(record["protocol"], sort_keys=True))
+    return (spec["regime"], spec["backbone"], spec["input_size"])
 
 
 def _setting_title(setting: tuple) -> str:
-    regime, backbone, size, protocol = setting
-    parts = [f"{k}={v}" for k, v in sorted(json.loads(protocol).items())]
-    return f"{regime} {backbone} @{size}px; protocol: {', '.join(parts)}"
+    regime, backbone, size = setting
+    return f"{regime} {backbone} @{size}px"
+
+
+PROTOCOL_DEFAULTS = {"noise": None, "long_tail": None, "resolution": 1, "resolution_db": 1,
+                     "val_frac": 0}
+
+
+def protocol_label(record: dict) -> str:
+    """The run's non-default protocol fields, e.g. "noise=symmetric:0.5"; "clean" if none."""
+    protocol = record["spec"].get("protocol") or {}
+    parts = [f"{k}={v}" for k, v in sorted(protocol.items())
+             if k in PROTOCOL_DEFAULTS and v != PROTOCOL_DEFAULTS[k]]
+    return ", ".join(parts) or "clean"
 
 
 def _cell(values: list[float], expected: int) -> str:
@@ -46,18 +57,20 @@ def render_table(records: list[dict]) -> str:
     cost: dict[str, dict] = {}
     distribution: dict[str, str] = {}
     for r in sorted(records, key=lambda r: (r["method"], r["bits"], r["seed"])):
-        cells[(r["method"], r["bits"])].append(r["metrics"]["map"])
+        row = (protocol_label(r), r["method"])
+        cells[(row, r["bits"])].append(r["metrics"]["map"])
         if r["bits"] == bits[-1]:
-            cost[r["method"]] = r["efficiency"]
-        distribution[r["method"]] = f"{r['distribution']} {r['version']}"
+            cost[row] = r["efficiency"]
+        distribution[row] = f"{r['distribution']} {r['version']}"
     methods = sorted(distribution, key=lambda m: (
+        m[0] != "clean", m[0],
         -statistics.fmean([statistics.fmean(cells[(m, b)]) if cells[(m, b)] else 0.0 for b in bits]), m))
-    header = (["Method"] + [f"mAP@{b} bits" for b in bits]
+    header = (["Protocol", "Method"] + [f"mAP@{b} bits" for b in bits]
               + [f"Params (M) @{bits[-1]}b", f"MACs (G, FMA=1) @{bits[-1]}b", "Plugin"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in methods:
         eff = cost.get(m)
-        row = [m] + [_cell(cells[(m, b)], len(seeds)) for b in bits]
+        row = list(m) + [_cell(cells[(m, b)], len(seeds)) for b in bits]
         row += [f"{eff['params'] / 1e6:.3f}" if eff else MISSING,
                 f"{eff['macs'] / 1e9:.3f}" if eff else MISSING, distribution[m]]
         lines.append("| " + " | ".join(row) + " |")

@@ -24,13 +24,16 @@ from registry.loading import one_line
 
 from .data import build_dataset
 from .engine import run_method
-from .errors import BenchmarkError
+from .errors import BenchmarkError, DataError
 from .features import Transform, extract_features
+from .protocols import Protocol, expand_grid, macro_map, materialise
 from .profiling import profile_inference
 from .store import ResultStore
+from .backbones import file_sha256
 
 OVERWRITE_MODES = ("never", "missing", "always")
-REGIMES = ("frozen",)
+REGIMES = ("frozen", "finetune")
+BAD_IMAGE_MODES = ("fail", "skip")
 
 
 @dataclass
@@ -49,6 +52,25 @@ class GridRequest:
     overwrite: str = "missing"
     cache_dir: Path | None = None
     progress: bool = True
+    #: protocol grids (CLI syntax, e.g. "symmetric:0,0.2"); every combination is run
+    noise: str | None = None
+    long_tail: str | None = None
+    resolution: list[float] = field(default_factory=lambda: [1])
+    resolution_db: float = 1
+    val_frac: float = 0.0
+    on_bad_image: str = "fail"
+    backbone_weights: str | None = None
+
+    def protocols(self) -> list[Protocol]:
+        """Every protocol combination of the request (duplicates after normalising dropped)."""
+        out = {}
+        for noise in expand_grid(self.noise, "--noise"):
+            for tail in expand_grid(self.long_tail, "--long-tail"):
+                for resolution in self.resolution:
+                    p = Protocol(noise=noise, long_tail=tail, resolution=resolution,
+                                 resolution_db=self.resolution_db, val_frac=self.val_frac)
+                    out.setdefault(json.dumps(p.spec(), sort_keys=True), p)
+        return list(out.values())
 
     def validate(self) -> None:
         if not self.methods:
@@ -65,6 +87,11 @@ class GridRequest:
             raise BenchmarkError("--max-classes must be at least 2")
         if self.epochs is not None and self.epochs < 1:
             raise BenchmarkError("--epochs must be at least 1")
+        if self.on_bad_image not in BAD_IMAGE_MODES:
+            raise BenchmarkError(f"--on-bad-image must be one of {', '.join(BAD_IMAGE_MODES)}")
+        if self.backbone_weights and not Path(self.backbone_weights).is_file():
+            raise BenchmarkError(f"--backbone-weights {self.backbone_weights}: no such file")
+        self.protocols()  # parses (and so validates) every protocol value
 
 
 def versions() -> dict:
@@ -123,20 +150,22 @@ def run_grid(request: GridRequest, log=print) -> list[dict]:
     if request.max_classes and request.max_classes < dataset.num_classes:
         dataset = dataset.subset(dataset.labels < request.max_classes,
                                  f"-first{request.max_classes}")
-    transform = Transform(request.input_size)
     store = ResultStore(Path(request.out) / "results.sqlite")
     grid = []
     for entry in entries:
-        for bits in request.bits:
-            for seed in request.seeds:
-                spec = {"method": entry.name, "plugin": entry.plugin,
-                        "distribution": entry.distribution, "version": entry.version,
-                        "hparams": {}, "dataset": dataset.name,
-                        "data": dataset.fingerprint(), "regime": request.regime,
-                        "backbone": request.backbone, "input_size": request.input_size,
-                        "protocol": {"noise": None, "long_tail": None, "resolution": 1},
-                        "bits": bits, "seed": seed, "epochs": request.epochs}
-                grid.append((entry, spec, run_id_of(spec)))
+        for protocol in request.protocols():
+            for bits in request.bits:
+                for seed in request.seeds:
+                    spec = {"method": entry.name, "plugin": entry.plugin,
+                            "distribution": entry.distribution, "version": entry.version,
+                            "hparams": {}, "dataset": dataset.name,
+                            "data": dataset.fingerprint(), "regime": request.regime,
+                            "backbone": request.backbone, "input_size": request.input_size,
+                            "protocol": protocol.spec(),
+                            "bits": bits, "seed": seed, "epochs": request.epochs}
+                    if request.backbone_weights:
+                        spec["backbone_weights"] = file_sha256(request.backbone_weights)[:16]
+                    grid.append((entry, spec, run_id_of(spec)))
     todo = [(e, s, r) for e, s, r in grid
             if request.overwrite == "always"
             or (request.overwrite == "missing" and store.status(r) != "ok")
@@ -145,23 +174,88 @@ def run_grid(request: GridRequest, log=print) -> list[dict]:
         f"{len(todo)} to run -> {store.path}")
     records = []
     if todo:
-        features = extract_features(dataset, request.backbone, transform, request.cache_dir,
-                                    progress=request.progress)
-        log(f"features: {features.path} ({features.nbytes / 2**20:.0f} MiB cached)")
+        context = RunContext(dataset, request, log)
         bar = tqdm(todo, desc="runs", unit="run", disable=not request.progress)
         for entry, spec, run_id in bar:
             bar.set_postfix_str(f"{spec['method']} {spec['bits']}b seed {spec['seed']}")
-            record = execute(entry, spec, run_id, dataset, features, request)
+            record = execute(entry, spec, run_id, dataset, context, request)
             store.put(record)
             records.append(record)
             outcome = (f"mAP {record['metrics']['map']:.4f}" if record["status"] == "ok"
                        else f"FAILED: {record['error']}")
-            bar.write(f"  {spec['method']:>10} {spec['bits']:>3} bits seed {spec['seed']}: {outcome}")
+            bar.write(f"  {spec['method']:>10} {spec['bits']:>3} bits seed {spec['seed']}"
+                      f"{protocol_label(spec['protocol'])}: {outcome}")
     store.close()
     return records
 
 
-def execute(entry, spec, run_id, dataset, features, request) -> dict:
+def protocol_label(protocol: dict) -> str:
+    """Short text of the non-default protocol fields (for log lines)."""
+    default = Protocol().spec()
+    parts = [f"{k}={v}" for k, v in protocol.items() if default.get(k) != v]
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
+class RunContext:
+    """What the runs of one grid share: features per downsampling factor (extracted once,
+    lazily; an extraction error is remembered and fails each run that needs it) and the
+    materialised protocol per (protocol, seed)."""
+
+    def __init__(self, dataset, request: GridRequest, log=print):
+        self.dataset, self.request, self.log = dataset, request, log
+        self._features: dict[float, object] = {}
+        self._splits: dict[str, object] = {}
+
+    def features(self, factor: float = 1):
+        if factor not in self._features:
+            r = self.request
+            try:
+                feats = extract_features(self.dataset, r.backbone, Transform(r.input_size, float(factor)),
+                                         r.cache_dir, progress=r.progress,
+                                         on_bad_image=r.on_bad_image)
+                self.log(f"features x1/{factor}: {feats.path} ({feats.nbytes / 2**20:.0f} MiB cached)")
+                for index, message in feats.bad:
+                    self.log(f"warning: skipped {message}")
+            except DataError as exc:
+                feats = exc
+            self._features[factor] = feats
+        if isinstance(self._features[factor], Exception):
+            raise self._features[factor]
+        return self._features[factor]
+
+    def usable(self) -> np.ndarray:
+        """Images that can be read (all unless --on-bad-image skip dropped some)."""
+        ok = np.ones(len(self.dataset), dtype=bool)
+        if self.request.regime == "frozen":
+            ok[[i for i, _ in self.features(1).bad]] = False
+        return ok
+
+    def split(self, protocol: dict, seed: int):
+        key = json.dumps([protocol, seed], sort_keys=True)
+        if key not in self._splits:
+            ds, ok = self.dataset, self.usable()
+            query = ~ds.is_train if ds.query_mask is None else ds.query_mask
+            self._splits[key] = materialise(
+                ds.labels, ds.is_train & ok, ds.num_classes, Protocol(**protocol), seed,
+                query_mask=query & ok, db_mask=None if ds.db_mask is None else ds.db_mask & ok)
+        return self._splits[key]
+
+
+def metrics_for(dataset, split):
+    """The evaluation of a dataset: re-ID (same-camera filtering) when it has camera ids
+    and ``evaluation.evaluate_reid`` exists, else ``evaluate_codes``."""
+    from . import evaluation
+    if dataset.cameras is None or not hasattr(evaluation, "evaluate_reid"):
+        return evaluation.evaluate_codes
+    query_cameras, db_cameras = dataset.cameras[split.query_index], dataset.cameras[split.db_index]
+
+    def reid(query_codes, db_codes, query_labels, db_labels):
+        return evaluation.evaluate_reid(query_codes, db_codes, query_labels, db_labels,
+                                        query_cameras=query_cameras, db_cameras=db_cameras)
+    return reid
+
+
+def execute(entry, spec, run_id, dataset, context, request) -> dict:
     started = time.time()
     record = {"run_id": run_id, "method": spec["method"], "dataset": spec["dataset"],
               "regime": spec["regime"], "backbone": spec["backbone"], "bits": spec["bits"],
@@ -170,9 +264,27 @@ def execute(entry, spec, run_id, dataset, features, request) -> dict:
               "provenance": {"versions": versions(), "hardware": hardware_id()},
               "status": "ok", "error": None}
     try:
-        result = run_method(entry.cls, spec["hparams"], features, dataset.labels, dataset.is_train,
-                            dataset.num_classes, spec["bits"], spec["seed"], spec["epochs"])
+        protocol = spec["protocol"]
+        split = context.split(protocol, spec["seed"])
+        record["protocol"] = dict(protocol, materialised=split.facts)
+        metrics_fn = metrics_for(dataset, split)
+        if spec["regime"] == "finetune":
+            from .finetune import run_finetune
+            result = run_finetune(entry.cls, spec, dataset, split, request, metrics_fn)
+        else:
+            factors = getattr(entry.cls, "train_resolutions", (1,)) or (1,)
+            result = run_method(
+                entry.cls, spec["hparams"], context.features(1), dataset.labels, dataset.is_train,
+                dataset.num_classes, spec["bits"], spec["seed"], spec["epochs"], split=split,
+                query_features=context.features(protocol["resolution"]) if protocol["resolution"] != 1 else None,
+                db_features=context.features(protocol["resolution_db"]) if protocol["resolution_db"] != 1 else None,
+                resolution_features={f: context.features(f) for f in factors if f != 1},
+                metrics_fn=metrics_fn)
         record["metrics"] = result["metrics"]
+        codes = result["codes"]
+        record["metrics"]["macro_map"] = macro_map(codes["query_codes"], codes["db_codes"],
+                                                   codes["query_labels"], codes["db_labels"])
+        record["provenance"]["selection"] = result["selection"]
         record["efficiency"] = profile_inference(result["method"], result["input_shapes"],
                                                  spec["backbone"], spec["input_size"])
         record["provenance"].update(epochs=result["epochs"], loss_history=result["history"])

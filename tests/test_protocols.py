@@ -1,0 +1,251 @@
+"""Protocols: exact effect of label noise, long tail, validation split and resolution;
+no test-label leakage; determinism; protocol grids and leaderboard rows."""
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.data import build_dataset
+from benchmark.leaderboard import render_all
+from benchmark.store import ResultStore
+from benchmark.engine import TrainData, run_method
+from benchmark.errors import BenchmarkError
+from benchmark.features import Features
+from benchmark.method import HashMethod
+from benchmark.protocols import (Protocol, corrupt_labels, expand_grid, long_tail_counts,
+                                 macro_map, materialise, per_query_ap)
+from benchmark.evaluation import evaluate_codes
+from tests.conftest import DATA_ROOT, needs_cub100, run_cli
+
+C, TRAIN, TEST = 12, 20, 10
+LABELS = np.repeat(np.arange(C), TRAIN + TEST)
+IS_TRAIN = np.tile(np.arange(TRAIN + TEST) < TRAIN, C)
+
+
+def split_of(seed=0, **protocol):
+    return materialise(LABELS, IS_TRAIN, C, Protocol(**protocol), seed)
+
+
+def test_symmetric_noise_flips_exactly_r_of_each_class_to_another_class():
+    split = split_of(noise="symmetric:0.5")
+    clean = LABELS[split.train_index]
+    flipped = split.train_labels != clean
+    for c in range(C):
+        assert flipped[clean == c].sum() == TRAIN // 2
+    assert split.facts["noise"]["realised_rate"] == 0.5
+    # symmetric: targets spread over the other classes, never the true one
+    targets = split.train_labels[flipped]
+    assert len(np.unique(targets)) > C // 2
+    assert split.query_index.tolist() == np.flatnonzero(~IS_TRAIN).tolist()
+
+
+def test_pairflip_noise_goes_to_the_next_class():
+    split = split_of(noise="pairflip:0.2")
+    clean = LABELS[split.train_index]
+    flipped = split.train_labels != clean
+    assert flipped.mean() == pytest.approx(0.2)
+    assert (split.train_labels[flipped] == (clean[flipped] + 1) % C).all()
+    assert split.facts["noise"]["realised_rate"] == pytest.approx(0.2)
+
+
+def test_noise_is_deterministic_in_the_seed_and_hashed():
+    a, b, c = split_of(0, noise="symmetric:0.3"), split_of(0, noise="symmetric:0.3"), \
+        split_of(1, noise="symmetric:0.3")
+    assert (a.train_labels == b.train_labels).all() and a.facts == b.facts
+    assert (a.train_labels != c.train_labels).any()
+    assert a.facts["noise"]["hash"] != c.facts["noise"]["hash"]
+    assert a.facts["hash"] != split_of(0).facts["hash"]
+
+
+def test_rate_zero_and_rho_one_are_the_clean_protocol():
+    assert Protocol(noise="symmetric:0", long_tail="exp:1").spec() == Protocol().spec()
+    assert expand_grid("symmetric:0,0.2,pairflip:0.4", "--noise") == [
+        "symmetric:0", "symmetric:0.2", "pairflip:0.4"]
+    for bad in ("symmetric:1", "gaussian:0.2", "symmetric:x"):
+        with pytest.raises(BenchmarkError, match="--noise"):
+            Protocol(noise=bad).spec()
+    with pytest.raises(BenchmarkError, match="RHO"):
+        Protocol(long_tail="exp:0.5").spec()
+
+
+def test_long_tail_follows_the_exponential_profile_in_a_seeded_class_order():
+    rho = 10
+    split = split_of(3, long_tail=f"exp:{rho}")
+    counts = np.bincount(LABELS[split.train_index], minlength=C)
+    ranked = np.sort(counts)[::-1]
+    expected = [max(1, round(TRAIN * rho ** (-r / (C - 1)))) for r in range(C)]
+    assert ranked.tolist() == expected
+    assert counts.max() / counts.min() == rho
+    summary = split.facts["long_tail"]
+    assert summary["max"] == TRAIN and summary["min"] == 2 and summary["images"] == counts.sum()
+    # the database is the subsampled train split; queries stay balanced
+    assert split.db_index.tolist() == split.train_index.tolist()
+    assert np.bincount(LABELS[split.query_index]).tolist() == [TEST] * C
+    # another seed: another class order, same profile
+    other = np.bincount(LABELS[split_of(4, long_tail="exp:10").train_index], minlength=C)
+    assert sorted(other) == sorted(counts) and other.tolist() != counts.tolist()
+
+
+def test_long_tail_counts_formula():
+    counts = long_tail_counts(np.array([100, 100, 100]), 4.0, order=np.array([2, 0, 1]))
+    assert counts.tolist() == [50, 25, 100]
+
+
+def test_validation_split_is_per_class_and_disjoint():
+    split = split_of(noise="symmetric:0.5", val_frac=0.25)
+    assert np.bincount(LABELS[split.val_index]).tolist() == [TRAIN // 4] * C
+    assert np.bincount(LABELS[split.train_index]).tolist() == [TRAIN - TRAIN // 4] * C
+    assert not np.intersect1d(split.val_index, split.train_index).size
+    assert not np.intersect1d(split.val_index, split.query_index).size
+    assert IS_TRAIN[split.val_index].all()
+
+
+def test_macro_map_averages_per_class():
+    rng = np.random.default_rng(0)
+    q, d = rng.integers(0, 2, (30, 16), dtype=np.uint8), rng.integers(0, 2, (50, 16), dtype=np.uint8)
+    ql, dl = rng.integers(0, 3, 30), rng.integers(0, 3, 50)
+    ap = per_query_ap(q, d, ql, dl)
+    assert ap.mean() == pytest.approx(evaluate_codes(q, d, ql, dl)["map"])
+    assert macro_map(q, d, ql, dl) == pytest.approx(np.mean([ap[ql == c].mean() for c in range(3)]))
+
+
+class Spy(HashMethod):
+    """Records what the harness hands it (inputs, labels, resolutions)."""
+    name = "spy"
+    train_resolutions = (1, 2)
+    train_config = {"epochs": 2, "batch_size": 16,
+                    "optimizer": {"type": "SGD", "lr": 0.0}}
+    seen: list = []
+
+    def __init__(self, bits, num_classes, input_shapes):
+        super().__init__(bits, num_classes, input_shapes)
+        self.proj = torch.nn.Linear(input_shapes["pooled"][0], bits)
+
+    def loss(self, batch):
+        Spy.seen.append({k: v.clone() for k, v in batch["inputs"].items()}
+                        | {"labels": batch["labels"], "indices": batch["indices"],
+                           "resolution": batch["resolution"]})
+        return {"zero": self.proj(batch["inputs"]["pooled"]).sum() * 0}
+
+    def encode(self, inputs):
+        return self.proj(inputs["pooled"])
+
+
+def fake_features(offset: float) -> Features:
+    """Column 0 = image index, column 1 = which feature set (the downsampling factor)."""
+    pooled = np.zeros((len(LABELS), 4), dtype=np.float16)
+    pooled[:, 0], pooled[:, 1] = np.arange(len(LABELS)), offset
+    return Features({"pooled": pooled}, path=None)
+
+
+def test_methods_get_only_noisy_train_labels_and_per_sample_resolutions():
+    split = split_of(noise="symmetric:0.5")
+    Spy.seen = []
+    full, half = fake_features(1), fake_features(2)
+    run_method(Spy, {}, full, LABELS, IS_TRAIN, C, 8, seed=0, split=split,
+               resolution_features={2: half})
+    ratios = []
+    for batch in Spy.seen:
+        index = batch["indices"].numpy()
+        # labels are the noisy training labels of exactly those training samples
+        assert (batch["labels"].numpy() == split.train_labels[index]).all()
+        assert (batch["pooled"][:, 0].numpy() == split.train_index[index]).all()  # train images only
+        offset, r = batch["pooled"][:, 1].numpy(), batch["resolution"].numpy()
+        assert ((offset == 2) == (r == 0.5)).all() and ((offset == 1) == (r == 1)).all()
+        ratios.extend(r.tolist())
+    assert set(ratios) == {1.0, 0.5} and len(ratios) == 2 * len(split.train_index)
+
+
+def test_train_data_without_resolutions_is_unchanged():
+    data = TrainData({"x": torch.arange(10.0)[:, None]}, torch.arange(10), 4)
+    batches = list(data.batches(torch.Generator().manual_seed(0)))
+    assert all("resolution" not in b for b in batches)
+    assert torch.cat([b["indices"] for b in batches]).tolist() == \
+        torch.randperm(10, generator=torch.Generator().manual_seed(0)).tolist()
+
+
+TINY = ["--dataset", "synthetic-fg", "--input-size", "32", "--epochs", "1", "--no-progress"]
+
+
+def load_runs(out):
+    with sqlite3.connect(out / "results.sqlite") as db:
+        return [(r[0], json.loads(r[1]), json.loads(r[2]), json.loads(r[3])) for r in
+                db.execute("SELECT run_id, protocol, metrics, spec FROM runs WHERE status='ok'")]
+
+
+def test_grid_runs_every_protocol_value_deterministically(tmp_path, cache_dir):
+    args = ["run", "--methods", "dsh", *TINY, "--bits", "16", "--noise", "symmetric:0,0.5",
+            "--cache-dir", cache_dir]
+    first = run_cli(*args, "--out", tmp_path / "a")
+    second = run_cli(*args, "--out", tmp_path / "b")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    runs = load_runs(tmp_path / "a")
+    assert sorted(str(p["noise"]) for _, p, _, _ in runs) == ["None", "symmetric:0.5"]
+    for run_id, protocol, metrics, _ in runs:
+        assert "macro_map" in metrics
+        if protocol["noise"]:
+            assert protocol["materialised"]["noise"]["realised_rate"] == pytest.approx(0.5, abs=0.01)
+        a = np.load(tmp_path / "a" / "runs" / run_id / "codes.npz")
+        b = np.load(tmp_path / "b" / "runs" / run_id / "codes.npz")
+        for key in a.files:  # byte-identical codes for the same spec
+            assert a[key].tobytes() == b[key].tobytes()
+    with ResultStore(tmp_path / "a" / "results.sqlite") as store:
+        text = render_all(store.records())["synthetic-fg.md"]
+    assert "| clean | dsh |" in text and "| noise=symmetric:0.5 | dsh |" in text, text
+
+
+def test_resolution_protocol_encodes_queries_from_downsampled_images(tmp_path, cache_dir):
+    out = tmp_path / "r"
+    result = run_cli("run", "--methods", "itq", *TINY, "--bits", "16", "--resolution", "1,4",
+                     "--long-tail", "exp:5", "--val-frac", "0.2", "--out", out,
+                     "--cache-dir", cache_dir)
+    assert result.returncode == 0, result.stderr
+    runs = {p["resolution"]: (rid, p) for rid, p, _, _ in load_runs(out)}
+    assert set(runs) == {1, 4}
+    codes = {r: np.load(out / "runs" / rid / "codes.npz") for r, (rid, _) in runs.items()}
+    # same database (full size, same long-tailed split), different query codes
+    assert (codes[1]["db_codes"] == codes[4]["db_codes"]).all()
+    assert (codes[1]["query_codes"] != codes[4]["query_codes"]).any()
+    # 16 train images left per class after validation: rounding gives 16/3 for rho = 5
+    assert runs[4][1]["materialised"]["long_tail"]["realised_ratio"] == pytest.approx(5, abs=0.5)
+
+
+def test_bad_protocol_flags_are_one_line_errors(tmp_path, capsys):
+    for args, message in ((["--noise", "symmetric:1.5"], "rate must be in [0, 1)"),
+                          (["--long-tail", "pow:3"], "expected exp:RHO"),
+                          (["--resolution", "0.5"], "must be >= 1"),
+                          (["--val-frac", "1"], "--val-frac")):
+        code = main(["run", "--methods", "lsh", *TINY, "--out", str(tmp_path), *args])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+@needs_cub100
+def test_cub100_protocols_on_real_labels():
+    ds = build_dataset("cub100", data_root=DATA_ROOT)
+    split = materialise(ds.labels, ds.is_train, ds.num_classes,
+                        Protocol(noise="pairflip:0.4", long_tail="exp:10", val_frac=0.1), 0)
+    counts = np.bincount(ds.labels[split.train_index], minlength=ds.num_classes)
+    assert counts.max() / counts.min() == pytest.approx(10, rel=0.15)
+    assert np.bincount(ds.labels[split.query_index]).tolist() == \
+        np.bincount(ds.labels[~ds.is_train]).tolist()
+    realised = split.facts["noise"]["realised_rate"]
+    assert realised == pytest.approx(0.4, abs=0.05)
+    assert not (set(split.train_index) | set(split.val_index)) & set(np.flatnonzero(~ds.is_train))
+
+
+@needs_cub100
+def test_cub100_dsh_noise_lowers_map(tmp_path, cache_dir):
+    """First 10 species at 128 px (the feature cache the CLI test fills)."""
+    out = tmp_path / "results"
+    result = run_cli("run", "--methods", "dsh", "--dataset", "cub100", "--data-root", DATA_ROOT,
+                     "--max-classes", "10", "--input-size", "128", "--bits", "32",
+                     "--noise", "symmetric:0,0.5", "--out", out, "--cache-dir", cache_dir,
+                     "--no-progress")
+    assert result.returncode == 0, result.stderr
+    found = {p["noise"]: m["map"] for _, p, m, _ in load_runs(out)}
+    assert found[None] > found["symmetric:0.5"], found
