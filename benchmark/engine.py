@@ -187,6 +187,9 @@ def run_method(method_cls, hparams: dict, features: Features, labels: np.ndarray
         if after_epoch is not None and "state" in best:
             method.load_state_dict(best.pop("state"))
             selection.update(epoch=best["epoch"], best_val_map=round(best["map"], 6))
+        method.eval()
+        with torch.no_grad():
+            method.on_train_end(data)
     else:
         method.eval()
         with torch.no_grad():

@@ -6,7 +6,8 @@ and then either
 
 * calls ``fit(inputs, labels_or_None)`` once (closed-form methods, ``trainable = False``), or
 * minimises ``sum(loss(batch).values())`` with the optimiser and epochs the class declares
-  (``train_config``), calling ``on_epoch_start(epoch, data)`` before each epoch.
+  (``train_config``), calling ``on_epoch_start(epoch, data)`` before each epoch and
+  ``on_train_end(data)`` once after training.
 
 Afterwards ``encode(inputs)`` maps inputs to real values of shape ``(N, bits)``; the
 harness binarises them (``h >= 0`` -> 1) so ``sign(0)`` never produces half-integer
@@ -93,6 +94,11 @@ class HashMethod(nn.Module):
 
     def on_epoch_start(self, epoch: int, data) -> None:
         """Called before each training epoch (e.g. to refresh memories or targets)."""
+
+    def on_train_end(self, data) -> None:
+        """Called once after training (after the val-selected state is restored), in eval
+        mode without gradients, with the same ``data`` (e.g. to fit encoding statistics
+        such as thresholds on the training set)."""
 
     def encode(self, inputs) -> torch.Tensor:
         raise NotImplementedError
