@@ -126,7 +126,7 @@ def cmd_check_plugin(args) -> int:
 
 def cmd_perf(args) -> int:
     from . import perf
-    perf.main(quick=args.quick, scale=not args.no_scale)
+    perf.main(quick=args.quick, scale=not args.no_scale, threads=args.threads)
     return 0
 
 
@@ -187,6 +187,9 @@ def parser() -> argparse.ArgumentParser:
     perf.add_argument("--quick", action="store_true", help="toy sizes (seconds; for tests)")
     perf.add_argument("--no-scale", action="store_true",
                       help="skip the 10k x 1M mAP scale test")
+    perf.add_argument("--threads", type=int, default=1,
+                      help="threads for evaluation and search throughput (default 1: like "
+                           "for like with the single-threaded reference loop)")
     return p
 
 
