@@ -100,8 +100,8 @@ class _Ranker:
     L_g[k] lies in segment k, and the items before it are those of segments <= k except
     itself, so the items tied with it that precede it are a prefix sum over segments of a
     per-(segment, distance) count. The key ``distance + (bits+1) s_g(i)`` of every (query,
-    item) pair comes from one product per label and database tile:
-    ``q/2 . (-x) + bits/2 + (bits+1) s_g(i)`` (exact in float32: multiples of 1/2 below 2^22).
+    item) pair is ``q/2 . (-x)`` (one matrix product per database tile) plus the label's
+    offset row ``bits/2 + (bits+1) s_g(i)``, exact in float32 (multiples of 1/2 below 2^22).
     """
 
     def __init__(self, db_codes: np.ndarray, db_labels: np.ndarray):
@@ -116,6 +116,9 @@ class _Ranker:
         self.product = torch.empty(max(TILE_ELEMENTS, self.tile))
         self.index = torch.empty(max(TILE_ELEMENTS, self.tile), dtype=torch.int64)
         self.counts = torch.empty(max(4 * TILE_ELEMENTS, 2 ** 22), dtype=torch.int32)
+        self.gathered = torch.empty(max(TILE_ELEMENTS, self.tile))
+        self.marks = torch.empty(max(TILE_ELEMENTS, self.tile))
+        self.offsets = torch.empty(max(TILE_ELEMENTS, self.tile))
 
     def row_cap(self, most_members: int) -> int:
         bins = (most_members + 1) * self.width
@@ -143,7 +146,7 @@ class _Ranker:
     def rank(self, query_codes: np.ndarray, query_labels: np.ndarray) -> _Ranked:
         """Ranks of every same-label database item of each query (labels sorted)."""
         rows, width = len(query_codes), self.width
-        labels, first_row, group_rows = np.unique(query_labels, return_index=True, return_counts=True)
+        labels, group_rows = np.unique(query_labels, return_counts=True)
         lists = [self.same.members(label) for label in labels]
         sizes = torch.tensor([len(m) for m in lists], dtype=torch.int64)
         segments = int(sizes.max()) + 1
@@ -156,22 +159,35 @@ class _Ranker:
         first_member = torch.cumsum(sizes, 0) - sizes
         item_db = torch.cat(lists)[first_member[group][item_query] + item_segment]
         by_db = torch.argsort(item_db)
-        tile_of_item = torch.searchsorted(item_db[by_db], torch.arange(0, self.n_db + self.tile, self.tile))
+        tiles = -(-self.n_db // self.tile)
+        tile_of_item = torch.searchsorted(item_db[by_db], torch.arange(tiles + 1) * self.tile)
+        # members of the chunk's labels ordered by (tile, label, index), for segment offsets
+        groups = len(labels)
+        member_group = torch.repeat_interleave(torch.arange(groups), sizes)
+        members_all = torch.cat(lists)
+        member_key = (members_all // self.tile) * groups + member_group
+        by_tile = torch.argsort(member_key, stable=True)
+        members_all, member_group = members_all[by_tile], member_group[by_tile]
+        tile_of_member = torch.searchsorted(member_key[by_tile], torch.arange(tiles + 1) * groups)
+        earlier = torch.bincount(member_key, minlength=tiles * groups).view(tiles, groups)
+        earlier = (torch.cumsum(earlier, 0) - earlier).float()  # members in earlier tiles
         item_key = torch.empty(len(item_db), dtype=torch.int64)
         counts = self.counts[:rows * segments * width].view(rows, segments * width).zero_()
         ones = torch.ones(1, dtype=torch.int32)
         for t, start in enumerate(range(0, self.n_db, self.tile)):
             stop = min(self.n_db, start + self.tile)
             columns = stop - start
-            database = self.db_negated[start:stop].T
+            # offsets[g, i] = bits/2 + (bits+1) s_g(start + i)
+            marks = self.marks[:groups * columns].view(groups, columns).zero_()
+            inside = slice(int(tile_of_member[t]), int(tile_of_member[t + 1]))
+            marks.view(-1)[member_group[inside] * columns + members_all[inside] - start] = 1.0
+            offsets = self.offsets[:groups * columns].view(groups, columns)
+            torch.cumsum(marks, 1, out=offsets)
+            offsets.sub_(marks).add_(earlier[t][:, None]).mul_(width).add_(self.bits / 2)
             product = self.product[:rows * columns].view(rows, columns)
-            for lo, size, members in zip(first_row, group_rows, lists):
-                inside = members[(members >= start) & (members < stop)] - start
-                marks = torch.zeros(columns)
-                marks[inside] = 1.0
-                segment = torch.cumsum(marks, 0) - marks + int((members < start).sum())
-                offset = (segment * width + self.bits / 2)[None]
-                torch.addmm(offset, query[lo:lo + size], database, out=product[lo:lo + size])
+            torch.mm(query, self.db_negated[start:stop].T, out=product)  # -q.x / 2
+            gathered = self.gathered[:rows * columns].view(rows, columns)
+            product.add_(torch.index_select(offsets, 0, group, out=gathered))
             index = self.index[:rows * columns].view(rows, columns)
             index.copy_(product)
             counts.scatter_add_(1, index, ones.expand(rows, columns))
