@@ -130,6 +130,15 @@ def cmd_perf(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from . import datatools
+    if args.action == "info":
+        problems = datatools.info(args.name, args.data_root, check_images=not args.no_images)
+        return 1 if problems else 0
+    datatools.download(args.name, args.data_root, url=args.url, md5=args.md5)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -171,6 +180,15 @@ def parser() -> argparse.ArgumentParser:
                      help="ImageNet checkpoint for the backbone (torchvision or mmpretrain format)")
     check = sub.add_parser("check-plugin", help="run the conformance kit on a method or plugin")
     check.add_argument("name", help="a method name or an entry-point (plugin) name")
+    data = sub.add_parser("data", help="inspect (info) or fetch (download) a dataset")
+    data.add_argument("action", choices=["info", "download"])
+    data.add_argument("name", help="dataset name, e.g. cub200, aircraft, market1501")
+    data.add_argument("--data-root", default=None,
+                      help="folder holding the dataset folders (default: $BENCHMARK_DATA_ROOT)")
+    data.add_argument("--no-images", action="store_true",
+                      help="info: skip opening every image (truncation check)")
+    data.add_argument("--url", default=None, help="download: a mirror of the official archive")
+    data.add_argument("--md5", default=None, help="download: the MD5 the --url archive must have")
     board = sub.add_parser("leaderboard", help="write leaderboard markdown from a result store")
     source = board.add_mutually_exclusive_group()
     source.add_argument("--results", default="results", help="a results folder (SQLite store)")
@@ -193,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "check-plugin": cmd_check_plugin,
+COMMANDS = {"list": cmd_list, "run": cmd_run, "data": cmd_data, "check-plugin": cmd_check_plugin,
             "leaderboard": cmd_leaderboard, "perf": cmd_perf}
 
 

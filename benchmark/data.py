@@ -35,6 +35,9 @@ class ImageSet:
     query_mask: np.ndarray | None = None
     db_mask: np.ndarray | None = None
     cameras: np.ndarray | None = None   # int camera id per image (re-ID), else None
+    #: problems found while loading with ``strict=False`` (``data info``); empty otherwise
+    problems: list = field(default_factory=list)
+    root: Path | None = None            # the folder ``paths`` are relative to (None: generated)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -91,6 +94,7 @@ def dataset_folder(data_root, folder_name: str) -> Path:
 
 
 def build_dataset(name: str, data_root=None, **options) -> ImageSet:
+    from . import datasets  # noqa: F401 - registers the other real datasets
     if name not in DATASETS.module_dict:
         known = ", ".join(sorted(DATASETS.module_dict))
         raise BenchmarkError(f"unknown dataset {name!r}; known datasets: {known}")
@@ -146,7 +150,28 @@ def _id_map(path: Path, first_id: int) -> dict[int, str]:
     return table
 
 
-def load_cub_layout(folder: Path, name: str, first_id: int, train_flag: str) -> ImageSet:
+def check_images(folder: Path, paths: list[str], labels: np.ndarray, is_train: np.ndarray,
+                 class_names: list[str], strict: bool = True,
+                 classes_need_train: bool = True) -> list[str]:
+    """Missing image files and classes without a training image, as one line each;
+    ``strict`` raises ``DataError`` with the first instead."""
+    problems = []
+    missing = [p for p in paths if not (folder / p).is_file()]
+    if missing:
+        problems.append(f"{folder}: {len(missing)} image file(s) listed are missing, first "
+                        f"{folder / missing[0]}")
+    if classes_need_train:
+        empty = sorted(set(range(len(class_names))) - set(labels[is_train].tolist()))
+        if empty:
+            problems.append(f"{folder}: {len(empty)} class(es) have no training image, first "
+                            f"{class_names[empty[0]]!r}")
+    if strict and problems:
+        raise DataError(problems[0])
+    return problems
+
+
+def load_cub_layout(folder: Path, name: str, first_id: int, train_flag: str,
+                    strict: bool = True) -> ImageSet:
     """Parse a CUB-200-2011-layout folder.
 
     ``first_id`` is the smallest image/class id (1 in the official files, 0 in cub100);
@@ -175,30 +200,24 @@ def load_cub_layout(folder: Path, name: str, first_id: int, train_flag: str) -> 
         raise DataError(f"{folder / 'train_test_split.txt'}: flags must be 0/1, found "
                         f"{sorted(flags - {'0', '1'})}")
     is_train = np.array([split[i] == train_flag for i in ids])
-    missing = [p for p in paths if not (folder / p).is_file()]
-    if missing:
-        raise DataError(f"{folder}: {len(missing)} image file(s) listed in images.txt are "
-                        f"missing, first {folder / missing[0]}")
     class_names = [classes[first_id + c] for c in range(len(classes))]
-    empty = sorted(set(range(len(classes))) - set(label_ids[is_train].tolist()))
-    if empty:
-        raise DataError(f"{folder}: {len(empty)} class(es) have no training image, first "
-                        f"{class_names[empty[0]]!r}")
+    problems = check_images(folder, paths, label_ids, is_train, class_names, strict)
     return ImageSet(name=name, classes=class_names, paths=paths, labels=label_ids,
                     is_train=is_train, load=lambda i: open_rgb(folder / paths[i]),
-                    identity=hash_files(folder, paths))
+                    identity=hash_files(folder, paths) if not problems else "unhashed",
+                    problems=problems, root=folder)
 
 
 @DATASETS.register_module(name="cub100")
-def build_cub100(data_root=None) -> ImageSet:
+def build_cub100(data_root=None, strict: bool = True) -> ImageSet:
     """Real 100-species CUB subset (0-based ids, split flag 0 = train)."""
-    return load_cub_layout(dataset_folder(data_root, "cub100"), "cub100", 0, "0")
+    return load_cub_layout(dataset_folder(data_root, "cub100"), "cub100", 0, "0", strict)
 
 
 @DATASETS.register_module(name="cub200")
-def build_cub200(data_root=None) -> ImageSet:
+def build_cub200(data_root=None, strict: bool = True) -> ImageSet:
     """Official CUB-200-2011 (1-based ids, split flag 1 = train)."""
-    return load_cub_layout(dataset_folder(data_root, "CUB_200_2011"), "cub200", 1, "1")
+    return load_cub_layout(dataset_folder(data_root, "CUB_200_2011"), "cub200", 1, "1", strict)
 
 
 # ---------------------------------------------------------------- synthetic-fg
@@ -241,7 +260,7 @@ def render_synthetic(seed: int, index: int, label: int, size: int) -> Image.Imag
 
 
 @DATASETS.register_module(name="synthetic-fg")
-def build_synthetic_fg(data_root=None, num_classes: int = 24, train_per_class: int = 20,
+def build_synthetic_fg(data_root=None, strict: bool = True, num_classes: int = 24, train_per_class: int = 20,
                        test_per_class: int = 10, image_size: int = 64,
                        seed: int = 0) -> ImageSet:
     """Procedurally generated fine-grained set; needs no files."""

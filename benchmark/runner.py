@@ -248,10 +248,11 @@ def metrics_for(dataset, split):
     if dataset.cameras is None or not hasattr(evaluation, "evaluate_reid"):
         return evaluation.evaluate_codes
     query_cameras, db_cameras = dataset.cameras[split.query_index], dataset.cameras[split.db_index]
+    person_id = np.array([int(c) for c in dataset.classes])  # -1 = junk, 0 = distractor
 
     def reid(query_codes, db_codes, query_labels, db_labels):
-        return evaluation.evaluate_reid(query_codes, db_codes, query_labels, db_labels,
-                                        query_cameras=query_cameras, db_cameras=db_cameras)
+        return evaluation.evaluate_reid(query_codes, db_codes, person_id[query_labels],
+                                        person_id[db_labels], query_cameras, db_cameras)
     return reid
 
 
