@@ -93,12 +93,13 @@ def _open(path: Path, on_bad_image: str = "fail") -> Features:
 def extract_features(dataset: ImageSet, backbone: str = "efficientnet_lite0",
                      transform: Transform = Transform(), cache_dir: Path | None = None,
                      batch_size: int = 32, progress: bool = True,
-                     on_bad_image: str = "fail") -> Features:
+                     on_bad_image: str = "fail", weights: str | None = None) -> Features:
     """Return cached features, computing (and caching) them on first use.
 
     An unreadable image raises ``DataError`` naming its path (``on_bad_image="fail"``) or,
     with ``"skip"``, gets zero features and is listed in ``Features.bad``."""
-    model = build_backbone(backbone).eval()
+    model = build_backbone(backbone, **({"weights": weights} if weights else {}))
+    model.eval()
     key = cache_key(dataset, backbone, model.weights_id, transform)
     folder = Path(cache_dir or default_cache_dir()) / f"{dataset.name}-{key}"
     if (folder / "done").is_file():

@@ -212,7 +212,7 @@ class RunContext:
             try:
                 feats = extract_features(self.dataset, r.backbone, Transform(r.input_size, float(factor)),
                                          r.cache_dir, progress=r.progress,
-                                         on_bad_image=r.on_bad_image)
+                                         on_bad_image=r.on_bad_image, weights=r.backbone_weights)
                 self.log(f"features x1/{factor}: {feats.path} ({feats.nbytes / 2**20:.0f} MiB cached)")
                 for index, message in feats.bad:
                     self.log(f"warning: skipped {message}")

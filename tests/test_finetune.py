@@ -1,0 +1,96 @@
+"""Fine-tune regime (tiny, CPU) and unreadable images met during a run."""
+import json
+import sqlite3
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from benchmark.backbones import build_backbone
+from benchmark.data import build_dataset
+from benchmark.finetune import run_finetune
+from benchmark.method import HashMethod
+from benchmark.protocols import Protocol, materialise
+from tests.conftest import run_cli
+from tests.test_data import make_cub
+
+
+class ImageSpy(HashMethod):
+    """Asks for images; records what each training batch holds."""
+    name = "image-spy"
+    inputs = "images"
+    train_resolutions = (1, 2)
+    train_config = {"epochs": 1, "batch_size": 8, "optimizer": {"type": "SGD", "lr": 0.01}}
+    seen: list = []
+
+    def __init__(self, bits, num_classes, input_shapes):
+        super().__init__(bits, num_classes, input_shapes)
+        self.proj = torch.nn.Linear(input_shapes["pooled"][0], bits)
+
+    def encode(self, inputs):
+        return self.proj(inputs["pooled"])
+
+    def loss(self, batch):
+        ImageSpy.seen.append({k: tuple(v.shape) for k, v in batch["inputs"].items()}
+                             | {"labels": batch["labels"].clone(), "indices": batch["indices"].clone(),
+                                "resolution": batch["resolution"].clone(),
+                                "grad": batch["inputs"]["pooled"].requires_grad})
+        return {"l2": self.encode(batch["inputs"]).pow(2).mean()}
+
+
+def test_finetune_feeds_the_declared_inputs_from_augmented_images(tmp_path):
+    ds = build_dataset("synthetic-fg", num_classes=4, train_per_class=4, test_per_class=2,
+                       image_size=32)
+    split = materialise(ds.labels, ds.is_train, ds.num_classes,
+                        Protocol(noise="pairflip:0.5"), seed=0)
+    weights = tmp_path / "tv_resnet18.pth"  # torchvision layout: bare state dict with fc.*
+    state = build_backbone("resnet18").net.state_dict()
+    state.update({"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})
+    torch.save(state, weights)
+    spec = {"input_size": 32, "seed": 0, "backbone": "resnet18", "bits": 8, "hparams": {},
+            "epochs": 1, "protocol": Protocol().spec()}
+    request = SimpleNamespace(backbone_weights=str(weights), on_bad_image="fail")
+    ImageSpy.seen = []
+    result = run_finetune(ImageSpy, spec, ds, split, request)
+    assert result["codes"]["query_codes"].shape == (8, 8)
+    assert result["codes"]["db_codes"].shape == (16, 8)
+    first = ImageSpy.seen[0]
+    assert first["images"][1:] == (3, 32, 32) and first["s8"][1:] == (128, 4, 4)
+    assert first["s32"][1:] == (512, 1, 1) and first["grad"]
+    for batch in ImageSpy.seen:  # noisy train labels only, ratios from the declared factors
+        assert (batch["labels"].numpy() == split.train_labels[batch["indices"].numpy()]).all()
+        assert set(batch["resolution"].tolist()) <= {1.0, 0.5}
+    assert sum(len(b["labels"]) for b in ImageSpy.seen) == 16
+
+
+def test_finetune_cli_run_is_recorded(tmp_path):
+    out = tmp_path / "ft"
+    result = run_cli("run", "--methods", "dsh", "--dataset", "synthetic-fg", "--input-size", "32",
+                     "--epochs", "1", "--bits", "8", "--regime", "finetune", "--backbone", "resnet18",
+                     "--out", out, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(out / "results.sqlite") as db:
+        (regime, backbone, metrics, provenance), = db.execute(
+            "SELECT regime, backbone, metrics, provenance FROM runs WHERE status = 'ok'")
+    assert (regime, backbone) == ("finetune", "resnet18")
+    assert 0 < json.loads(metrics)["map"] <= 1 and json.loads(provenance)["epochs"] == 1
+
+
+def test_corrupt_image_fails_the_runs_or_is_skipped_never_crashing_the_grid(tmp_path, cache_dir):
+    make_cub(tmp_path / "CUB_200_2011", classes=3, per_class=4)
+    bad = tmp_path / "CUB_200_2011" / "images" / "001.Bird_1" / "img_2.jpg"
+    bad.write_bytes(bad.read_bytes()[:50])
+    common = ["--dataset", "cub200", "--data-root", tmp_path, "--input-size", "32", "--bits", "8",
+              "--epochs", "1", "--cache-dir", tmp_path / "cache", "--no-progress"]
+    failed = run_cli("run", "--methods", "lsh,itq", *common, "--out", tmp_path / "a")
+    assert failed.returncode == 1, failed.stderr
+    with sqlite3.connect(tmp_path / "a" / "results.sqlite") as db:
+        rows = db.execute("SELECT method, status, error FROM runs ORDER BY method").fetchall()
+    assert [r[:2] for r in rows] == [("itq", "failed"), ("lsh", "failed")]
+    assert all(str(bad) in r[2] for r in rows)
+    skipped = run_cli("run", "--methods", "lsh", *common, "--on-bad-image", "skip",
+                      "--out", tmp_path / "b")
+    assert skipped.returncode == 0, skipped.stderr
+    assert f"warning: skipped unreadable image {bad}" in skipped.stdout
+    codes = np.load(next((tmp_path / "b" / "runs").glob("*/codes.npz")))
+    assert len(codes["db_codes"]) == 8  # 9 train images, the unreadable one left out
