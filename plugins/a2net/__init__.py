@@ -5,8 +5,8 @@ hashing, after the authors' re-implementation (aassxun/DSH_Analysis, models/A_2_
   shared middle stage (bottleneck convs -> 1x1 conv -> BN -> ReLU); each a_m (.) F goes
   through a shared last stage + GAP -> f_m; x = [f_1 .. f_M, f_g].
 * Attribute-aware hash layer (no bias): v = W x, u = tanh(v), b = sign(u); decoder x_hat = W^T u.
-* ADSH training: database codes V of every training sample, refreshed each epoch by discrete
-  cyclic coordinate descent (DCC) from the outputs U of the previous epoch; soft similarity
+* ADSH training: database codes V of every training sample, refreshed every 3 epochs by
+  discrete cyclic coordinate descent (DCC) from the outputs U of all of them; soft similarity
   S~ = 1 (same class) or -#similar/#dissimilar; the authors' normalisation (gamma = 200):
     L_hash = sum (bits S~ - u V^T)^2 / (B n) * 12 / bits,
     L_quant = gamma * sum (u - V_i)^2 / (B n) * 12 / bits,
@@ -22,9 +22,10 @@ the shared local layer4 is a trainable 1x1 conv (no bias) + ReLU on the attended
 computed as a_m (.) ReLU(conv(F)), which equals ReLU(conv(a_m (.) F)) because a_m >= 0; the
 self-consistency generators reconstruct the earliest cached map s8 in place of the image
 (no pixels exist in this regime). The ADSH outer loop (sample 2,000 images, 3 epochs, then DCC)
-becomes one epoch over all training samples per DCC update; the databases are encoded by the
+becomes 3 epochs over all training samples per DCC update, with U computed by the network
+at the update (the authors keep each batch's U from the last epoch); the databases are encoded by the
 network (the authors use the learned V for the database). SGD lr 1e-2, momentum 0.9,
-weight decay 1e-5 for 16 epochs (the authors: lr 2.5e-4 on the backbone, 40+ iterations).
+weight decay 1e-5 for 15 epochs (5 DCC updates) (the authors: lr 2.5e-4 on the backbone, 40+ iterations).
 """
 from __future__ import annotations
 
@@ -91,15 +92,16 @@ class A2Net(HashMethod):
     name = "a2net"
     inputs = "stages"
     self_consistency = False
-    train_config = {"epochs": 16, "batch_size": 32,
+    train_config = {"epochs": 15, "batch_size": 32,
                     "optimizer": {"type": "SGD", "lr": 1e-2, "momentum": 0.9,
                                   "weight_decay": 1e-5}}
 
     def __init__(self, bits, num_classes, input_shapes, attention_maps: int = 4,
-                 dim: int = 256, gamma: float = 200.0, late_epoch: int | None = None):
+                 dim: int = 256, gamma: float = 200.0, late_epoch: int | None = None,
+                 epochs_per_update: int = 3):
         super().__init__(bits, num_classes, input_shapes)
         mid, last = input_shapes["s16"][0], input_shapes["s32"][0]
-        self.gamma = gamma
+        self.gamma, self.epochs_per_update = gamma, epochs_per_update
         self.late_epoch = self.train_config["epochs"] // 2 if late_epoch is None else late_epoch
         self.attention = nn.Sequential(
             nn.Conv2d(mid, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
@@ -116,7 +118,7 @@ class A2Net(HashMethod):
             self.from_features = Generator(self.W.shape[1], seed, s8[0])
             self.from_codes = Generator(self.W.shape[1], seed, s8[0])
         self.late = False
-        self.database = self.outputs = self.labels = None  # ADSH training state
+        self.database = self.labels = None  # ADSH training state
 
     def features(self, inputs):
         mid = inputs["s16"]
@@ -131,19 +133,21 @@ class A2Net(HashMethod):
 
     @torch.no_grad()
     def on_epoch_start(self, epoch, data):
+        """Every ``epochs_per_update`` epochs: DCC update of the training codes V from the
+        network's current outputs U (the authors: 3 epochs per update)."""
         self.late = epoch >= self.late_epoch
-        if epoch == 0:
+        if epoch == 0:  # the authors' start: random V
             self.labels = data.labels.clone()
-            self.outputs = torch.zeros(len(data), self.bits)
             self.database = torch.randn(len(data), self.bits)
-        else:
-            similarity = balanced_similarity(self.labels, self.labels)
-            self.database = solve_dcc(self.database, self.outputs, similarity, self.gamma)
+        if epoch % self.epochs_per_update:
+            return
+        outputs = torch.cat([torch.tanh(self.encode(b["inputs"])) for b in data.batches()])
+        similarity = balanced_similarity(self.labels, self.labels)
+        self.database = solve_dcc(self.database, outputs, similarity, self.gamma)
 
     def loss(self, batch):
         x = self.features(batch["inputs"])
         u = torch.tanh(F.linear(x, self.W))
-        self.outputs[batch["indices"]] = u.detach()
         similarity = balanced_similarity(batch["labels"], self.labels)
         hash_loss, quant = adsh_losses(u, self.database, similarity, batch["indices"], self.gamma)
         losses = {"hash": hash_loss, "quantisation": quant}

@@ -15,7 +15,8 @@ On the last stage map F (C x H x W), with A = sum_c F (detached):
 
 Departures (frozen regime): the erasing is applied to the cached last-stage map instead of
 the image (the backbone is fixed, so only W_c and W_b are trained); SGD lr 0.01 momentum 0.9
-as in the paper, 30 epochs instead of 90, no step decay.
+as in the paper, 30 epochs instead of 90, no step decay; the hash layer's bias starts at
+zero (PyTorch's default init gives every sample the same code for the first steps).
 """
 import torch
 from torch import nn
@@ -57,6 +58,7 @@ class FISH(HashMethod):
         self.class_mask = class_mask
         self.classifier = nn.Linear(input_shapes["s32"][0], num_classes)
         self.hash_layer = nn.Linear(num_classes, bits)
+        nn.init.zeros_(self.hash_layer.bias)  # codes start from the logits, not a shared offset
         self.targets = None  # per-training-sample target codes (training state)
 
     def on_epoch_start(self, epoch, data):
