@@ -42,6 +42,9 @@ MAP_AT = (100, 1000)
 RADIUS = 2
 TILE_ELEMENTS = 1 << 22  # query rows x database columns handled at once
 TILE_COLUMNS = 8192  # database columns per tile when the database is larger than 4 tiles
+BLOCK_ELEMENTS = 1 << 18  # query-item pairs whose keys are made and counted at once
+COUNT_ELEMENTS = 1 << 21  # (query, segment, distance) counters per chunk of queries
+MAX_COUNT_ELEMENTS = 1 << 27  # a label with more members than this allows is refused
 
 
 def binarise(values: torch.Tensor) -> np.ndarray:
@@ -58,10 +61,6 @@ def hamming_distances(query: np.ndarray, database: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- ranking engine
-
-def _signed(codes: np.ndarray, start: int, stop: int) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(codes[start:stop])).to(torch.float32) * 2 - 1
-
 
 class _SameLabel:
     """Database items sharing a label, listed without scanning the database."""
@@ -93,52 +92,69 @@ class _Ranked:
     item_rank: torch.Tensor  # (M,) 1-based rank, ties broken by database index
 
 
+def _int8_operands(codes: np.ndarray, query_side: bool) -> torch.Tensor:
+    """0/1 codes -> int8 rows whose products give Hamming distances exactly:
+    [q, |q| parts, 1 ...] . [-2x, 1 ..., |x| parts] = |q| + |x| - 2 q.x = d(q, x).
+    Popcounts are split into parts of at most 127 bits so that each fits in an int8."""
+    codes = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.uint8)).to(torch.int8)
+    parts = [codes[:, i:i + 127].sum(1, dtype=torch.int8)[:, None] for i in range(0, codes.shape[1], 127)]
+    ones = torch.ones(len(codes), len(parts), dtype=torch.int8)
+    if query_side:
+        return torch.cat([codes] + parts + [ones], dim=1)
+    return torch.cat([-2 * codes, ones] + parts, dim=1)
+
+
 class _Ranker:
     """Ranks of same-label database items for chunks of label-sorted queries.
 
     For label g with sorted members L_g, segment s_g(i) = #{l in L_g : l < i}. Member
     L_g[k] lies in segment k, and the items before it are those of segments <= k except
     itself, so the items tied with it that precede it are a prefix sum over segments of a
-    per-(segment, distance) count. The key ``distance + (bits+1) s_g(i)`` of every (query,
-    item) pair is ``q/2 . (-x)`` (one matrix product per database tile) plus the label's
-    offset row ``bits/2 + (bits+1) s_g(i)``, exact in float32 (multiples of 1/2 below 2^22).
+    per-(segment, distance) count. The count key ``distance + (bits+1) s_g(i)`` of every
+    (query, item) pair is an int8 matrix product (exact int32 distances, see
+    :func:`_int8_operands`) plus the label's offset row ``(bits+1) s_g(i)``; blocks of
+    ``BLOCK_ELEMENTS`` pairs keep the intermediate keys in cache.
     """
 
     def __init__(self, db_codes: np.ndarray, db_labels: np.ndarray):
         self.n_db, self.bits = db_codes.shape
         self.width = self.bits + 1
         self.same = _SameLabel(db_labels)
+        most = max(self.same.count(label) for label in self.same.slices)
+        if (most + 1) * self.width > MAX_COUNT_ELEMENTS:
+            raise ValueError(f"{most} database items share one label: too many for exact "
+                             f"{self.bits}-bit evaluation (at most {MAX_COUNT_ELEMENTS // self.width - 1})")
         self.tile = self.n_db if self.n_db <= 4 * TILE_COLUMNS else TILE_COLUMNS
-        self.db_negated = torch.empty(self.n_db, self.bits)
-        for start in range(0, self.n_db, 1 << 16):
-            self.db_negated[start:start + (1 << 16)] = -_signed(db_codes, start, start + (1 << 16))
+        self.db_tiles = [_int8_operands(db_codes[start:start + self.tile], False).T.contiguous()
+                         for start in range(0, self.n_db, self.tile)]
+        self.db_packed = np.packbits(db_codes, axis=1)
         # reused buffers: fresh large allocations page-fault on every call
-        self.product = torch.empty(max(TILE_ELEMENTS, self.tile))
-        self.index = torch.empty(max(TILE_ELEMENTS, self.tile), dtype=torch.int64)
-        self.counts = torch.empty(max(4 * TILE_ELEMENTS, 2 ** 22), dtype=torch.int32)
-        self.gathered = torch.empty(max(TILE_ELEMENTS, self.tile))
-        self.marks = torch.empty(max(TILE_ELEMENTS, self.tile))
-        self.offsets = torch.empty(max(TILE_ELEMENTS, self.tile))
-
-    def row_cap(self, most_members: int) -> int:
-        bins = (most_members + 1) * self.width
-        if bins + self.bits >= 2 ** 22:
-            raise ValueError(f"{most_members} database items share one label: too many for "
-                             f"exact {self.bits}-bit evaluation (limit {2 ** 22 // self.width - 2})")
-        return max(1, min(TILE_ELEMENTS // self.tile, len(self.counts) // bins))
+        self.block_rows = max(1, BLOCK_ELEMENTS // self.tile)
+        block = self.block_rows * self.tile
+        self.distance = torch.empty(block, dtype=torch.int32)
+        self.index = torch.empty(block, dtype=torch.int64)
+        self.gathered = torch.empty(block, dtype=torch.int32)
+        self.marks = torch.empty(max(TILE_ELEMENTS, self.tile), dtype=torch.int32)
+        self.offsets = torch.empty(max(TILE_ELEMENTS, self.tile), dtype=torch.int32)
+        self.counts = torch.empty(max(COUNT_ELEMENTS, (most + 1) * self.width), dtype=torch.int32)
 
     def chunks(self, sorted_labels: np.ndarray) -> list[tuple[int, int]]:
-        """Row ranges of label-sorted queries whose buffers fit the preallocated memory."""
+        """Row ranges of label-sorted queries whose (segment, distance) counts and label
+        offset rows fit the preallocated buffers."""
         labels, sizes = np.unique(sorted_labels, return_counts=True)
-        chunks, lo, pos, most = [], 0, 0, 0
+        max_groups = max(1, len(self.offsets) // self.tile)
+        chunks, lo, pos, groups, most = [], 0, 0, 0, 0
         for label, size in zip(labels, sizes):
-            count, left = self.same.count(label), int(size)
+            bins = (self.same.count(label) + 1) * self.width
+            left = int(size)
             while left:
-                if pos - lo >= self.row_cap(max(most, count)):
+                cap = len(self.counts) // max(most, bins)
+                if groups == max_groups or pos - lo >= cap:
                     chunks.append((lo, pos))
-                    lo, most = pos, 0
-                take = min(left, self.row_cap(max(most, count)) - (pos - lo))
-                pos, left, most = pos + take, left - take, max(most, count)
+                    lo, groups, most = pos, 0, 0
+                    cap = len(self.counts) // bins
+                take = min(left, cap - (pos - lo))
+                pos, left, groups, most = pos + take, left - take, groups + 1, max(most, bins)
         if pos > lo:
             chunks.append((lo, pos))
         return chunks
@@ -150,54 +166,60 @@ class _Ranker:
         lists = [self.same.members(label) for label in labels]
         sizes = torch.tensor([len(m) for m in lists], dtype=torch.int64)
         segments = int(sizes.max()) + 1
-        group = torch.repeat_interleave(torch.arange(len(labels)), torch.from_numpy(group_rows))
-        query = _signed(query_codes, 0, rows) * 0.5
+        groups = len(labels)
+        group = torch.repeat_interleave(torch.arange(groups), torch.from_numpy(group_rows))
+        row_starts = np.concatenate([[0], np.cumsum(group_rows)])
+        query = _int8_operands(query_codes, True)
         # listed items: query row, database index, segment k (position in its label's list)
         per_row = sizes[group]
         item_query = torch.repeat_interleave(torch.arange(rows), per_row)
         item_segment = torch.arange(len(item_query)) - (torch.cumsum(per_row, 0) - per_row)[item_query]
         first_member = torch.cumsum(sizes, 0) - sizes
-        item_db = torch.cat(lists)[first_member[group][item_query] + item_segment]
-        by_db = torch.argsort(item_db)
-        tiles = -(-self.n_db // self.tile)
-        tile_of_item = torch.searchsorted(item_db[by_db], torch.arange(tiles + 1) * self.tile)
-        # members of the chunk's labels ordered by (tile, label, index), for segment offsets
-        groups = len(labels)
-        member_group = torch.repeat_interleave(torch.arange(groups), sizes)
         members_all = torch.cat(lists)
+        item_db = members_all[first_member[group][item_query] + item_segment]
+        # members of the chunk's labels ordered by (tile, label, index), for segment offsets
+        tiles = len(self.db_tiles)
+        member_group = torch.repeat_interleave(torch.arange(groups), sizes)
         member_key = (members_all // self.tile) * groups + member_group
-        by_tile = torch.argsort(member_key, stable=True)
-        members_all, member_group = members_all[by_tile], member_group[by_tile]
-        tile_of_member = torch.searchsorted(member_key[by_tile], torch.arange(tiles + 1) * groups)
+        if tiles > 1:
+            by_tile = torch.argsort(member_key, stable=True)
+            members_all, member_group, member_key = members_all[by_tile], member_group[by_tile], member_key[by_tile]
+        tile_of_member = torch.searchsorted(member_key, torch.arange(tiles + 1) * groups)
         earlier = torch.bincount(member_key, minlength=tiles * groups).view(tiles, groups)
-        earlier = (torch.cumsum(earlier, 0) - earlier).float()  # members in earlier tiles
-        item_key = torch.empty(len(item_db), dtype=torch.int64)
+        earlier = (torch.cumsum(earlier, 0) - earlier).to(torch.int32)  # members in earlier tiles
         counts = self.counts[:rows * segments * width].view(rows, segments * width).zero_()
         ones = torch.ones(1, dtype=torch.int32)
         for t, start in enumerate(range(0, self.n_db, self.tile)):
-            stop = min(self.n_db, start + self.tile)
-            columns = stop - start
-            # offsets[g, i] = bits/2 + (bits+1) s_g(start + i)
+            columns = self.db_tiles[t].shape[1]
+            # offsets[g, i] = (bits+1) s_g(start + i)
             marks = self.marks[:groups * columns].view(groups, columns).zero_()
             inside = slice(int(tile_of_member[t]), int(tile_of_member[t + 1]))
-            marks.view(-1)[member_group[inside] * columns + members_all[inside] - start] = 1.0
+            marks.view(-1)[member_group[inside] * columns + members_all[inside] - start] = 1
             offsets = self.offsets[:groups * columns].view(groups, columns)
             torch.cumsum(marks, 1, out=offsets)
-            offsets.sub_(marks).add_(earlier[t][:, None]).mul_(width).add_(self.bits / 2)
-            product = self.product[:rows * columns].view(rows, columns)
-            torch.mm(query, self.db_negated[start:stop].T, out=product)  # -q.x / 2
-            gathered = self.gathered[:rows * columns].view(rows, columns)
-            product.add_(torch.index_select(offsets, 0, group, out=gathered))
-            index = self.index[:rows * columns].view(rows, columns)
-            index.copy_(product)
-            counts.scatter_add_(1, index, ones.expand(rows, columns))
-            here = by_db[int(tile_of_item[t]):int(tile_of_item[t + 1])]
-            item_key[here] = index.view(-1)[item_query[here] * columns + item_db[here] - start]
-        distance = item_key - item_segment * width
+            offsets.sub_(marks).add_(earlier[t][:, None]).mul_(width)
+            for lo in range(0, rows, self.block_rows):
+                hi = min(rows, lo + self.block_rows)
+                distance = self.distance[:(hi - lo) * columns].view(hi - lo, columns)
+                torch._int_mm(query[lo:hi], self.db_tiles[t], out=distance)
+                first, last = int(group[lo]), int(group[hi - 1])
+                if (hi - lo) >= 8 * (last - first + 1):  # few labels: add each label's row
+                    for g in range(first, last + 1):
+                        a, b = max(lo, row_starts[g]) - lo, min(hi, row_starts[g + 1]) - lo
+                        distance[a:b].add_(offsets[g])
+                else:
+                    gathered = self.gathered[:(hi - lo) * columns].view(hi - lo, columns)
+                    distance.add_(torch.index_select(offsets, 0, group[lo:hi], out=gathered))
+                index = self.index[:(hi - lo) * columns].view(hi - lo, columns)
+                index.copy_(distance)
+                counts[lo:hi].scatter_add_(1, index, ones.expand(hi - lo, columns))
+        packed = np.packbits(query_codes, axis=1)
+        distance = torch.from_numpy(np.bitwise_count(
+            packed[item_query.numpy()] ^ self.db_packed[item_db.numpy()]).sum(1, dtype=np.int64))
         counts = counts.view(rows, segments, width)
-        hist = counts.sum(1, dtype=torch.int64)
         counts.cumsum_(1)  # items before the end of each segment, per distance
-        tie_before = counts.view(-1)[(item_query * segments + item_segment) * width + distance] - 1
+        hist = counts[:, -1].long()  # the last segment ends after the database
+        tie_before = counts.view(-1).take((item_query * segments + item_segment) * width + distance) - 1
         smaller = torch.cumsum(hist, 1) - hist
         rank = smaller[item_query, distance] + tie_before + 1
         return _Ranked(hist, item_query, item_db, distance, rank)
@@ -250,15 +272,15 @@ def _tie_aware_ap(hist: torch.Tensor, relevant_hist: torch.Tensor, harmonic: tor
     With dH = H(N_d+n_d) - H(N_d) and sum_i (i-1)/(N_d+i) = n_d - (N_d+1) dH, the inner sum
     is (R_d+1) dH + (r_d-1)/(n_d-1) (n_d - (N_d+1) dH).
     """
-    n, r = hist.double(), relevant_hist.double()
     before = torch.cumsum(hist, 1) - hist
-    relevant_before = (torch.cumsum(relevant_hist, 1) - relevant_hist).double()
     dh = harmonic[before + hist] - harmonic[before]
-    spread = torch.where(n > 1, (r - 1) / (n - 1).clamp(min=1), torch.zeros_like(n))
-    inner = (relevant_before + 1) * dh + spread * (n - (before.double() + 1) * dh)
-    total = torch.where(r > 0, r / n.clamp(min=1) * inner, torch.zeros_like(n)).sum(1)
-    relevant = r.sum(1)
-    return torch.where(relevant > 0, total / relevant.clamp(min=1), torch.zeros_like(total))
+    n, r, before = hist.double(), relevant_hist.double(), before.double()
+    relevant_before = torch.cumsum(r, 1) - r
+    # groups with n_d <= 1 have no pairs inside (their factor below is 0 up to rounding)
+    spread = (r - 1) / (n - 1).clamp(min=1)
+    inner = (relevant_before + 1) * dh + spread * (n - (before + 1) * dh)
+    total = (r / n.clamp(min=1) * inner).sum(1)  # 0 where r_d = 0
+    return total / r.sum(1).clamp(min=1)
 
 
 @dataclass

@@ -88,13 +88,18 @@ def random_case(seed, n_query=30, n_db=200, bits=8, classes=6):
     return q, d, ql, dl, (q[:, None, :] != d[None, :, :]).sum(-1)
 
 
-@pytest.mark.parametrize("seed,bits,n_db,tile", [(2, 4, 150, 8192), (3, 12, 400, 8192),
-                                                 (4, 48, 300, 8192), (5, 6, 500, 16),
-                                                 (6, 64, 333, 1)])
-def test_every_ranking_metric_matches_brute_force(seed, bits, n_db, tile, monkeypatch):
-    monkeypatch.setattr(evaluation, "TILE_COLUMNS", tile)  # force several database tiles
-    monkeypatch.setattr(evaluation, "TILE_ELEMENTS", 512)  # and small query chunks
-    q, d, ql, dl, dist = random_case(seed, bits=bits, n_db=n_db)
+@pytest.mark.parametrize("seed,bits,n_db,n_query,classes,small", [
+    (2, 4, 150, 30, 6, False), (3, 12, 400, 30, 6, False), (4, 48, 300, 30, 6, False),
+    (5, 6, 500, 30, 6, True), (6, 64, 333, 40, 20, True), (7, 130, 200, 120, 3, True),
+    (8, 16, 300, 120, 3, False)])
+def test_every_ranking_metric_matches_brute_force(seed, bits, n_db, n_query, classes, small,
+                                                  monkeypatch):
+    if small:  # several database tiles, query chunks and blocks
+        monkeypatch.setattr(evaluation, "TILE_COLUMNS", 16)
+        monkeypatch.setattr(evaluation, "TILE_ELEMENTS", 512)
+        monkeypatch.setattr(evaluation, "COUNT_ELEMENTS", 256)
+        monkeypatch.setattr(evaluation, "BLOCK_ELEMENTS", 100)
+    q, d, ql, dl, dist = random_case(seed, n_query=n_query, n_db=n_db, bits=bits, classes=classes)
     lists = [sorted_relevance(dist[i], dl == ql[i]) for i in range(len(q))]
     result = evaluation.evaluate_retrieval(q, d, ql, dl)
     m = result.metrics
