@@ -5,7 +5,7 @@ hashing, after the authors' re-implementation (aassxun/DSH_Analysis, models/A_2_
   shared middle stage (bottleneck convs -> 1x1 conv -> BN -> ReLU); each a_m (.) F goes
   through a shared last stage + GAP -> f_m; x = [f_1 .. f_M, f_g].
 * Attribute-aware hash layer (no bias): v = W x, u = tanh(v), b = sign(u); decoder x_hat = W^T u.
-* ADSH training: database codes V of every training sample, refreshed every 3 epochs by
+* ADSH training: database codes V of every training sample, refreshed every epoch by
   discrete cyclic coordinate descent (DCC) from the outputs U of all of them; soft similarity
   S~ = 1 (same class) or -#similar/#dissimilar; the authors' normalisation (gamma = 200):
     L_hash = sum (bits S~ - u V^T)^2 / (B n) * 12 / bits,
@@ -17,15 +17,17 @@ hashing, after the authors' re-implementation (aassxun/DSH_Analysis, models/A_2_
   released code's weights; the exact TPAMI weights were not found.
 
 Departures (frozen regime): the paper's ResNet-50 layer3 is the cached middle stage s16; the
-global branch's own layer4 is a trainable 1x1 conv (+BN, ReLU) on the cached last stage s32;
+global branch's own layer4 is a trainable 1x1 conv + BN on the cached last stage s32 (no final
+ReLU: with it x has a large shared positive mean and every code collapsed to one in short
+training);
 the shared local layer4 is a trainable 1x1 conv (no bias) + ReLU on the attended s16 maps,
 computed as a_m (.) ReLU(conv(F)), which equals ReLU(conv(a_m (.) F)) because a_m >= 0; the
 self-consistency generators reconstruct the earliest cached map s8 in place of the image
 (no pixels exist in this regime). The ADSH outer loop (sample 2,000 images, 3 epochs, then DCC)
-becomes 3 epochs over all training samples per DCC update, with U computed by the network
+becomes one epoch over all training samples per DCC update, with U computed by the network
 at the update (the authors keep each batch's U from the last epoch); the databases are encoded by the
 network (the authors use the learned V for the database). SGD lr 1e-2, momentum 0.9,
-weight decay 1e-5 for 15 epochs (5 DCC updates) (the authors: lr 2.5e-4 on the backbone, 40+ iterations).
+weight decay 1e-5 for 15 epochs (the authors: lr 2.5e-4 on the backbone, 40+ iterations).
 """
 from __future__ import annotations
 
@@ -98,7 +100,7 @@ class A2Net(HashMethod):
 
     def __init__(self, bits, num_classes, input_shapes, attention_maps: int = 4,
                  dim: int = 256, gamma: float = 200.0, late_epoch: int | None = None,
-                 epochs_per_update: int = 3):
+                 epochs_per_update: int = 1):
         super().__init__(bits, num_classes, input_shapes)
         mid, last = input_shapes["s16"][0], input_shapes["s32"][0]
         self.gamma, self.epochs_per_update = gamma, epochs_per_update
@@ -110,7 +112,7 @@ class A2Net(HashMethod):
             nn.ReLU())
         self.local_stage = nn.Conv2d(mid, dim, 1, bias=False)
         self.global_stage = nn.Sequential(nn.Conv2d(last, dim, 1, bias=False),
-                                          nn.BatchNorm2d(dim), nn.ReLU())
+                                          nn.BatchNorm2d(dim))
         self.W = nn.Parameter(torch.empty(bits, (attention_maps + 1) * dim))
         nn.init.kaiming_uniform_(self.W, a=math.sqrt(5))
         if self.self_consistency:  # training only
@@ -134,7 +136,7 @@ class A2Net(HashMethod):
     @torch.no_grad()
     def on_epoch_start(self, epoch, data):
         """Every ``epochs_per_update`` epochs: DCC update of the training codes V from the
-        network's current outputs U (the authors: 3 epochs per update)."""
+        network's current outputs U (the authors: 3 epochs on 2,000 samples per update)."""
         self.late = epoch >= self.late_epoch
         if epoch == 0:  # the authors' start: random V
             self.labels = data.labels.clone()
