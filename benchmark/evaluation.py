@@ -84,12 +84,13 @@ class _SameLabel:
 
 @dataclass
 class _Ranked:
-    """One query chunk: per-query distance histogram and each listed item's rank."""
+    """One query chunk: per-query distance histogram and the ranks of each query's
+    same-label items, in (rows, most members) arrays padded on the right."""
     hist: torch.Tensor  # (rows, bits+1) int64: database items at each distance
-    item_query: torch.Tensor  # (M,) query row of each listed item (within the chunk)
-    item_db: torch.Tensor  # (M,) database index
-    item_distance: torch.Tensor  # (M,) Hamming distance
-    item_rank: torch.Tensor  # (M,) 1-based rank, ties broken by database index
+    item_db: torch.Tensor  # database index (ascending in each row)
+    item_distance: torch.Tensor  # Hamming distance
+    item_rank: torch.Tensor  # 1-based rank, ties broken by database index; padding: n_db + 1
+    valid: torch.Tensor  # False on padding
 
 
 def _int8_operands(codes: np.ndarray, query_side: bool) -> torch.Tensor:
@@ -102,6 +103,12 @@ def _int8_operands(codes: np.ndarray, query_side: bool) -> torch.Tensor:
     if query_side:
         return torch.cat([codes] + parts + [ones], dim=1)
     return torch.cat([-2 * codes, ones] + parts, dim=1)
+
+
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values and lengths of the runs of equal consecutive values."""
+    starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+    return values[starts], np.diff(np.append(starts, len(values)))
 
 
 class _Ranker:
@@ -138,10 +145,10 @@ class _Ranker:
         self.offsets = torch.empty(max(TILE_ELEMENTS, self.tile), dtype=torch.int32)
         self.counts = torch.empty(max(COUNT_ELEMENTS, (most + 1) * self.width), dtype=torch.int32)
 
-    def chunks(self, sorted_labels: np.ndarray) -> list[tuple[int, int]]:
-        """Row ranges of label-sorted queries whose (segment, distance) counts and label
+    def chunks(self, grouped_labels: np.ndarray) -> list[tuple[int, int]]:
+        """Row ranges of label-grouped queries whose (segment, distance) counts and label
         offset rows fit the preallocated buffers."""
-        labels, sizes = np.unique(sorted_labels, return_counts=True)
+        labels, sizes = _runs(grouped_labels)
         max_groups = max(1, len(self.offsets) // self.tile)
         chunks, lo, pos, groups, most = [], 0, 0, 0, 0
         for label, size in zip(labels, sizes):
@@ -160,9 +167,9 @@ class _Ranker:
         return chunks
 
     def rank(self, query_codes: np.ndarray, query_labels: np.ndarray) -> _Ranked:
-        """Ranks of every same-label database item of each query (labels sorted)."""
+        """Ranks of every same-label database item of each query (labels grouped)."""
         rows, width = len(query_codes), self.width
-        labels, group_rows = np.unique(query_labels, return_counts=True)
+        labels, group_rows = _runs(query_labels)
         lists = [self.same.members(label) for label in labels]
         sizes = torch.tensor([len(m) for m in lists], dtype=torch.int64)
         segments = int(sizes.max()) + 1
@@ -170,13 +177,13 @@ class _Ranker:
         group = torch.repeat_interleave(torch.arange(groups), torch.from_numpy(group_rows))
         row_starts = np.concatenate([[0], np.cumsum(group_rows)])
         query = _int8_operands(query_codes, True)
-        # listed items: query row, database index, segment k (position in its label's list)
-        per_row = sizes[group]
-        item_query = torch.repeat_interleave(torch.arange(rows), per_row)
-        item_segment = torch.arange(len(item_query)) - (torch.cumsum(per_row, 0) - per_row)[item_query]
-        first_member = torch.cumsum(sizes, 0) - sizes
+        # listed items of row r: members of its label; item k lies in segment k
+        table = torch.zeros(groups, segments - 1, dtype=torch.int64)
+        for g, member in enumerate(lists):
+            table[g, :len(member)] = member
+        item_db = table[group]
+        valid = torch.arange(segments - 1) < sizes[group][:, None]
         members_all = torch.cat(lists)
-        item_db = members_all[first_member[group][item_query] + item_segment]
         # members of the chunk's labels ordered by (tile, label, index), for segment offsets
         tiles = len(self.db_tiles)
         member_group = torch.repeat_interleave(torch.arange(groups), sizes)
@@ -215,14 +222,15 @@ class _Ranker:
                 counts[lo:hi].scatter_add_(1, index, ones.expand(hi - lo, columns))
         packed = np.packbits(query_codes, axis=1)
         distance = torch.from_numpy(np.bitwise_count(
-            packed[item_query.numpy()] ^ self.db_packed[item_db.numpy()]).sum(1, dtype=np.int64))
+            packed[:, None] ^ self.db_packed[item_db.numpy()]).sum(2, dtype=np.int64))
         counts = counts.view(rows, segments, width)
         counts.cumsum_(1)  # items before the end of each segment, per distance
         hist = counts[:, -1].long()  # the last segment ends after the database
-        tie_before = counts.view(-1).take((item_query * segments + item_segment) * width + distance) - 1
+        segment_key = torch.arange(segments - 1) * width + distance
+        tie_before = counts.view(rows, -1).gather(1, segment_key).long() - 1
         smaller = torch.cumsum(hist, 1) - hist
-        rank = smaller[item_query, distance] + tie_before + 1
-        return _Ranked(hist, item_query, item_db, distance, rank)
+        rank = torch.where(valid, smaller.gather(1, distance) + tie_before + 1, self.n_db + 1)
+        return _Ranked(hist, item_db, distance, rank, valid)
 
 
 def _ranked_chunks(query_codes, db_codes, query_labels, db_labels):
@@ -237,24 +245,15 @@ def _ranked_chunks(query_codes, db_codes, query_labels, db_labels):
     if len(db_codes) == 0 or len(query_codes) == 0:
         raise ValueError("evaluation needs at least one query and one database item")
     ranker = _Ranker(db_codes, db_labels)
-    order = np.argsort(query_labels, kind="stable")
+    # queries grouped by label, labels with similar member counts side by side (less padding)
+    members = np.array([ranker.same.count(label) for label in query_labels])
+    order = np.lexsort((query_labels, members))
     for lo, hi in ranker.chunks(query_labels[order]):
         rows = order[lo:hi]
         yield rows, ranker.rank(query_codes[rows], query_labels[rows])
 
 
 # ---------------------------------------------------------------- metrics
-
-def _by_query_then_rank(ranked: _Ranked, n_query: int):
-    """Listed items sorted by (query, rank) and each one's position (1-based) in its query."""
-    scale = int(ranked.hist[0].sum()) + 1  # ranks are at most the database size
-    order = torch.argsort(ranked.item_query * scale + ranked.item_rank)
-    counts = torch.bincount(ranked.item_query, minlength=n_query)
-    first = torch.cumsum(counts, 0) - counts
-    query = ranked.item_query[order]
-    position = torch.arange(len(order)) - first[query] + 1
-    return order, query, position, counts
-
 
 def _harmonic(n: int) -> torch.Tensor:
     """H[m] = sum_{i=1..m} 1/i for m = 0..n (float64)."""
@@ -303,25 +302,26 @@ def evaluate_retrieval(query_codes, db_codes, query_labels, db_labels) -> Retrie
     pr_retrieving = torch.zeros(bits + 1, dtype=torch.int64)
     pr_recall = torch.zeros(bits + 1, dtype=torch.float64)
     harmonic = _harmonic(len(db_labels))
+    n_db = len(db_labels)
     for query_rows, ranked in _ranked_chunks(query_codes, db_codes, query_labels, db_labels):
-        rows = len(query_rows)
-        order, query, hits, counts = _by_query_then_rank(ranked, rows)
-        rank = ranked.item_rank[order]
-        precision = hits.double() / rank.double()
-        ap_sum = torch.zeros(rows, dtype=torch.float64).index_add_(0, query, precision)
+        rank = torch.sort(ranked.item_rank, dim=1).values  # padding (n_db + 1) sorts last
+        found = rank <= n_db
+        hits = torch.arange(1, rank.shape[1] + 1, dtype=torch.float64)
+        precision = torch.where(found, hits / rank, 0.0)  # P(rank) at each relevant item
+        counts = found.sum(1)
         relevant = counts.double()
-        ap = torch.where(counts > 0, ap_sum / relevant.clamp(min=1), torch.zeros_like(ap_sum))
+        ap = precision.sum(1) / relevant.clamp(min=1)
         per_query_ap[query_rows] = ap.numpy()
         no_relevant += int((counts == 0).sum())
         for k, sums in at_k.items():
-            inside = (rank <= k)
-            hit_count = torch.zeros(rows, dtype=torch.float64).index_add_(0, query, inside.double())
-            sum_k = torch.zeros(rows, dtype=torch.float64).index_add_(0, query, precision * inside)
+            inside = found & (rank <= k)
+            hit_count = inside.sum(1).double()
+            sum_k = (precision * inside).sum(1)
             sums["p"] += float(hit_count.sum()) / k
             sums["retrieved"] += float((sum_k / hit_count.clamp(min=1)).sum())
             sums["all"] += float((sum_k / relevant.clamp(min=1)).sum())
-        relevant_hist = torch.zeros_like(ranked.hist).index_put_(
-            (ranked.item_query, ranked.item_distance), torch.ones(1, dtype=torch.int64), accumulate=True)
+        relevant_hist = torch.zeros_like(ranked.hist).scatter_add_(
+            1, ranked.item_distance, ranked.valid.long())
         tie_sum += float(_tie_aware_ap(ranked.hist, relevant_hist, harmonic).sum())
         within = torch.cumsum(ranked.hist, 1)
         relevant_within = torch.cumsum(relevant_hist, 1)
@@ -377,37 +377,24 @@ def evaluate_reid(query_codes, db_codes, query_ids, db_ids, query_cameras, db_ca
         raise ValueError("one camera id per code is needed")
     keep = db_ids != -1
     db_codes, db_ids, db_cameras = np.asarray(db_codes)[keep], db_ids[keep], db_cameras[keep]
-    n_query = len(query_ids)
+    n_query, n_db = len(query_ids), len(db_ids)
     ap_total, first_hits, no_good = 0.0, {k: 0 for k in CMC_AT}, 0
+    db_cameras = torch.from_numpy(db_cameras)
     for query_rows, ranked in _ranked_chunks(query_codes, db_codes, query_ids, db_ids):
-        rows = len(query_rows)
-        order, query, _, _ = _by_query_then_rank(ranked, rows)
-        rank = ranked.item_rank[order]
-        cameras = torch.from_numpy(query_cameras[query_rows])
-        junk = torch.from_numpy(db_cameras)[ranked.item_db[order]] == cameras[query]
-        good = (~junk).long()
-        # cumulative counts inside each query's group (items are sorted by query, rank)
-        good_so_far = _group_cumsum(good, query, rows)
-        junk_before = _group_cumsum(junk.long(), query, rows) - junk.long()
-        clean_rank = (rank - junk_before).double()
-        good_count = torch.zeros(rows, dtype=torch.int64).index_add_(0, query, good)
-        ap_sum = torch.zeros(rows, dtype=torch.float64).index_add_(
-            0, query, torch.where(junk, 0.0, good_so_far.double() / clean_rank))
-        ap_total += float((ap_sum / good_count.clamp(min=1)).sum())
+        rank, order = torch.sort(ranked.item_rank, dim=1)
+        cameras = torch.from_numpy(query_cameras[query_rows])[:, None]
+        junk = (db_cameras[ranked.item_db.gather(1, order)] == cameras) & (rank <= n_db)
+        good = (rank <= n_db) & ~junk
+        clean_rank = (rank - (torch.cumsum(junk, 1) - junk.long())).double()  # junk removed
+        good_count = good.sum(1)
+        precision = torch.where(good, torch.cumsum(good, 1) / clean_rank, 0.0)
+        ap_total += float((precision.sum(1) / good_count.clamp(min=1)).sum())
         no_good += int((good_count == 0).sum())
-        first = torch.full((rows,), torch.inf, dtype=torch.float64).scatter_reduce_(
-            0, query, torch.where(junk, torch.inf, clean_rank), reduce="amin")
+        never = torch.full((len(query_rows), 1), torch.inf, dtype=torch.float64)
+        first = torch.cat([torch.where(good, clean_rank, torch.inf), never], 1).amin(1)
         for k in CMC_AT:
             first_hits[k] += int((first <= k).sum())
     metrics = {f"rank-{k}": first_hits[k] / n_query for k in CMC_AT}
     metrics.update({"map": ap_total / n_query, "queries_without_relevant": no_good,
                     "queries": n_query})
     return metrics
-
-
-def _group_cumsum(values: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Inclusive cumulative sum restarting at each group (rows sorted by group)."""
-    total = torch.cumsum(values, 0)
-    group_total = torch.zeros(n_groups, dtype=values.dtype).index_add_(0, group, values)
-    before_group = torch.cumsum(group_total, 0) - group_total
-    return total - before_group[group]
