@@ -40,9 +40,15 @@ def _name_list(text: str) -> list[str]:
 
 def cmd_list(args) -> int:
     from registry import load_plugins
+    from registry.loading import BUILTIN_DISTRIBUTION
     plugins = load_plugins()
+    methods = {name: entry for name, entry in plugins.methods.items()
+               if not args.builtin or entry.distribution == BUILTIN_DISTRIBUTION}
+    if args.names:  # for scripts: `run --methods "$(python -m benchmark list --builtin --names)"`
+        print(",".join(methods))
+        return 0
     print(f"{'method':<14} {'supervised':<10} {'inputs':<8} provided by")
-    for name, entry in plugins.methods.items():
+    for name, entry in methods.items():
         print(f"{name:<14} {'yes' if entry.supervised else 'no':<10} "
               f"{getattr(entry.cls, 'inputs', 'pooled'):<8} {entry.distribution} {entry.version} "
               f"(plugin {entry.plugin})")
@@ -142,7 +148,9 @@ def cmd_data(args) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list registered methods and failed plugins")
+    listing = sub.add_parser("list", help="list registered methods and failed plugins")
+    listing.add_argument("--builtin", action="store_true", help="only this project's methods")
+    listing.add_argument("--names", action="store_true", help="print only a comma-separated list")
     run = sub.add_parser("run", help="train and evaluate methods x bits x seeds")
     run.add_argument("--methods", type=_name_list, required=True)
     run.add_argument("--dataset", default="cub100")

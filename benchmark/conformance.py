@@ -33,17 +33,18 @@ from registry import load_plugins
 from registry.loading import one_line
 
 from .backbones import EfficientNetLite0
-from .engine import build_optimizer, run_method
+from .engine import TrainData, build_optimizer, encode_all, run_method, seed_everything
 from .method import INPUT_NAMES, HashMethod
 from .profiling import count_macs, count_params
 
 PROBE_CLASSES = 4
-PROBE_TRAIN_PER_CLASS = 16
+PROBE_TRAIN_PER_CLASS = 12
 PROBE_QUERY_PER_CLASS = 4
 PROBE_BITS = (12, 32)
-PROBE_EPOCHS = 4
+PROBE_EPOCHS = 2
+PROBE_STEPS = 5
 PROBE_SEED = 0
-PROBE_INPUT_SIZE = 224
+PROBE_INPUT_SIZE = 128
 STRIDES = {"s8": 8, "s16": 16, "s32": 32}
 
 
@@ -273,26 +274,47 @@ def check_parameters_reported(method) -> str:
     return f"{params:,} parameters + buffers, {macs:,} MACs per sample in encode"
 
 
-def check_codes_shape_and_binarised(method) -> str:
-    """``encode`` gives finite real values of shape (N, bits) for every probed bit length;
-    the harness turns them into 0/1 uint8 codes that are not all the same."""
-    cls = _resolve(method)
-    for bits in PROBE_BITS:
-        run = probe_run(cls, bits)
-        trained = run["method"]
-        query = _features().select(INPUT_NAMES[cls.inputs], np.flatnonzero(~_IS_TRAIN))
+def _untrained_encode(cls, bits: int):
+    """Build at ``bits`` (closed-form methods are fitted, trainable ones left untrained) and
+    encode the probe queries through the harness's ``encode_all``."""
+    seed_everything(PROBE_SEED)
+    names = INPUT_NAMES[cls.inputs]
+    method = cls(bits=bits, num_classes=PROBE_CLASSES, input_shapes=_shapes_of(cls))
+    if not cls.trainable:
+        train_index = np.flatnonzero(_IS_TRAIN)
         with torch.no_grad():
-            values = trained.eval().encode(query)
-        if not (isinstance(values, torch.Tensor) and values.is_floating_point()):
-            raise ConformanceError(f"encode must return a float tensor, got "
-                                   f"{getattr(values, 'dtype', type(values))}")
-        for codes in (run["codes"]["query_codes"], run["codes"]["db_codes"]):
+            method.eval().fit(_features().select(names, train_index),
+                              torch.from_numpy(_LABELS[train_index]) if cls.supervised else None)
+    return encode_all(method, _features().select(names, np.flatnonzero(~_IS_TRAIN)))
+
+
+def check_codes_shape_and_binarised(method) -> str:
+    """``encode`` gives finite real values of shape (N, bits); the harness turns them into
+    0/1 uint8 codes, which after the probe run are not all the same. Checked on the trained
+    probe run at the first probed bit length and untrained at the others."""
+    cls = _resolve(method)
+    run = probe_run(cls, PROBE_BITS[0])
+    query = _features().select(INPUT_NAMES[cls.inputs], np.flatnonzero(~_IS_TRAIN))
+    with torch.no_grad():
+        values = run["method"].eval().encode(query)
+    if not (isinstance(values, torch.Tensor) and values.is_floating_point()):
+        raise ConformanceError(f"encode must return a float tensor, got "
+                               f"{getattr(values, 'dtype', type(values))}")
+    codes_by_bits = {PROBE_BITS[0]: [run["codes"]["query_codes"], run["codes"]["db_codes"]]}
+    for bits in PROBE_BITS[1:]:
+        try:
+            codes_by_bits[bits] = [_untrained_encode(cls, bits)]
+        except Exception as exc:  # noqa: BLE001
+            raise ConformanceError(f"at {bits} bits: {one_line(exc)}")
+    for bits, arrays in codes_by_bits.items():
+        for codes in arrays:
             if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != bits \
                     or not set(np.unique(codes)) <= {0, 1}:
                 raise ConformanceError(f"harness codes are {codes.dtype} {codes.shape}, "
                                        f"expected 0/1 uint8 (N, {bits})")
-        if len(np.unique(run["codes"]["db_codes"], axis=0)) == 1:
-            raise ConformanceError(f"every sample gets the same {bits}-bit code")
+    if len(np.unique(run["codes"]["db_codes"], axis=0)) == 1:
+        raise ConformanceError(f"after the probe run every sample gets the same "
+                               f"{PROBE_BITS[0]}-bit code")
     return f"(N, bits) float -> 0/1 codes at bits {', '.join(map(str, PROBE_BITS))}"
 
 
@@ -333,20 +355,19 @@ def check_same_seed_same_codes(method) -> str:
     return f"seed {PROBE_SEED}, {PROBE_BITS[0]} bits: identical codes in two runs"
 
 
-def check_losses_finite_and_decreasing(method) -> str:
-    """``loss(batch)`` returns a dict of finite scalar tensors and the epoch-mean loss falls
-    over ``PROBE_EPOCHS`` epochs of the harness's training loop (closed-form: not applicable)."""
-    cls = _resolve(method)
-    if not cls.trainable:
-        return "not applicable: closed-form method (fit)"
-    trained = probe_run(cls, PROBE_BITS[0])["method"].train()
+def _probe_batch(cls) -> dict:
     train_index = np.flatnonzero(_IS_TRAIN)[: cls.train_config["batch_size"]]
     batch = {"inputs": _features().select(INPUT_NAMES[cls.inputs], train_index),
              "labels": torch.from_numpy(_LABELS[train_index]),
              "indices": torch.arange(len(train_index))}
     if tuple(getattr(cls, "train_resolutions", (1,)) or (1,)) != (1,):
         batch["resolution"] = torch.ones(len(train_index))  # full resolution
-    losses = trained.loss(batch)
+    return batch
+
+
+def _total_loss(method, batch) -> tuple[dict, torch.Tensor]:
+    torch.manual_seed(PROBE_SEED)  # the same dropout masks for every evaluation
+    losses = method.loss(batch)
     if not isinstance(losses, dict) or not losses:
         raise ConformanceError(f"loss must return a non-empty dict, got {type(losses).__name__}")
     for key, value in losses.items():
@@ -354,14 +375,46 @@ def check_losses_finite_and_decreasing(method) -> str:
             raise ConformanceError(f"loss term {key!r} is not a scalar tensor")
         if not torch.isfinite(value):
             raise ConformanceError(f"loss term {key!r} is {float(value)}")
-    if not any(v.requires_grad for v in losses.values()):
-        raise ConformanceError("no loss term requires grad")
+    return losses, sum(losses.values())
+
+
+def check_losses_finite_and_decreasing(method) -> str:
+    """``loss(batch)`` returns a dict of finite scalar tensors, at least one with a
+    gradient, and ``PROBE_STEPS`` steps of the method's own optimiser on one fixed batch
+    lower their sum (after ``on_epoch_start(0, data)``; closed-form: not applicable). The
+    probe run's epoch losses must be finite too."""
+    cls = _resolve(method)
+    if not cls.trainable:
+        return "not applicable: closed-form method (fit)"
     history = probe_run(cls, PROBE_BITS[0])["history"]
     if any(h is None or not math.isfinite(h) for h in history):
-        raise ConformanceError(f"non-finite epoch loss: {history}")
-    if not history[-1] < history[0]:
-        raise ConformanceError(f"loss did not decrease over {len(history)} epochs: {history}")
-    return f"terms {sorted(losses)}; epoch loss {history[0]:.4g} -> {history[-1]:.4g}"
+        raise ConformanceError(f"non-finite epoch loss in the probe run: {history}")
+    seed_everything(PROBE_SEED)
+    names = INPUT_NAMES[cls.inputs]
+    model = cls(bits=PROBE_BITS[0], num_classes=PROBE_CLASSES, input_shapes=_shapes_of(cls))
+    train_index = np.flatnonzero(_IS_TRAIN)
+    data = TrainData(_features().select(names, train_index),
+                     torch.from_numpy(_LABELS[train_index]), cls.train_config["batch_size"])
+    model.eval()
+    with torch.no_grad():
+        model.on_epoch_start(0, data)
+    model.train()
+    batch = _probe_batch(cls)
+    optimizer = build_optimizer(model, cls.train_config["optimizer"])
+    losses, first = _total_loss(model, batch)
+    if not any(v.requires_grad for v in losses.values()):
+        raise ConformanceError("no loss term requires grad")
+    total = first
+    for _ in range(PROBE_STEPS):
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        _, total = _total_loss(model, batch)
+    before, after = first.item(), total.item()
+    if not after < before:
+        raise ConformanceError(f"loss did not decrease over {PROBE_STEPS} steps on one batch: "
+                               f"{before:.6g} -> {after:.6g}")
+    return f"terms {sorted(losses)}; loss {before:.4g} -> {after:.4g} in {PROBE_STEPS} steps"
 
 
 CHECKS = (check_contract, check_parameters_reported, check_codes_shape_and_binarised,

@@ -105,11 +105,11 @@ class NotAMethod(torch.nn.Module):
 
 
 @pytest.mark.parametrize("method_cls, failing, reason", [
-    (WrongShape, "codes_shape_and_binarised", "encode returned shape (64, 11), expected (64, 12)"),
+    (WrongShape, "codes_shape_and_binarised", "encode returned shape (48, 11), expected (48, 12)"),
     (Constant, "codes_shape_and_binarised", "every sample gets the same 12-bit code"),
     (BatchDependent, "encode_without_labels", "changes with the rest of its batch"),
     (Unseeded, "same_seed_same_codes", "differ in"),
-    (NotLearning, "losses_finite_and_decreasing", "did not decrease"),
+    (NotLearning, "losses_finite_and_decreasing", "did not decrease over 5 steps"),
     (Exploding, "losses_finite_and_decreasing", "non-finite loss at epoch 0"),
     (NoFit, "contract", "`fit` is not implemented"),
     (NotAMethod, "contract", "not a subclass of benchmark.method.HashMethod"),
@@ -179,7 +179,7 @@ def test_check_plugin_cli(tmp_path):
     both = run_cli("check-plugin", "goodies", env=env)  # an entry point: all its methods
     assert both.returncode == 1
     assert "check-plugin frozen-loss" in both.stdout and "check-plugin good " in both.stdout
-    assert "FAIL losses_finite_and_decreasing: loss did not decrease" in both.stdout
+    assert "FAIL losses_finite_and_decreasing: loss did not decrease over 5 steps" in both.stdout
     broken = run_cli("check-plugin", "broken", env=env)
     assert broken.returncode == 1
     assert ("FAIL entry_point: plugin 'broken' failed to load: ModuleNotFoundError: "
