@@ -31,8 +31,9 @@ queries and database are processed in tiles, so memory is bounded for any databa
 """
 from __future__ import annotations
 
-import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -346,6 +347,17 @@ def evaluate_retrieval(query_codes, db_codes, query_labels, db_labels) -> Retrie
           "recall": (pr_recall / with_relevant).numpy(),
           "queries_retrieving": pr_retrieving.numpy()}
     return RetrievalResult(metrics, per_query_ap, pr)
+
+
+def save_pr_curve(folder, codes: dict) -> None:
+    """Write ``pr.npz`` (precision-recall by Hamming radius, see ``RetrievalResult.pr``)
+    beside a run's ``codes.npz``; written to a temporary name first."""
+    result = evaluate_retrieval(codes["query_codes"], codes["db_codes"], codes["query_labels"],
+                                codes["db_labels"])
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "pr.tmp.npz", **result.pr)
+    os.replace(folder / "pr.tmp.npz", folder / "pr.npz")
 
 
 def evaluate_codes(query_codes, db_codes, query_labels, db_labels) -> dict:

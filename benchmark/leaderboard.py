@@ -66,15 +66,45 @@ def render_table(records: list[dict]) -> str:
         m[0] != "clean", m[0],
         -statistics.fmean([statistics.fmean(cells[(m, b)]) if cells[(m, b)] else 0.0 for b in bits]), m))
     header = (["Protocol", "Method"] + [f"mAP@{b} bits" for b in bits]
-              + [f"Params (M) @{bits[-1]}b", f"MACs (G, FMA=1) @{bits[-1]}b", "Plugin"])
+              + [f"Params (M) @{bits[-1]}b", f"MACs (G, FMA=1) @{bits[-1]}b"]
+              + [title for _, title, _ in EFFICIENCY] + ["Plugin"])
+    machines = sorted({(r.get("provenance") or {}).get("hardware") or "?" for r in records})
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in methods:
         eff = cost.get(m)
         row = list(m) + [_cell(cells[(m, b)], len(seeds)) for b in bits]
         row += [f"{eff['params'] / 1e6:.3f}" if eff else MISSING,
-                f"{eff['macs'] / 1e9:.3f}" if eff else MISSING, distribution[m]]
+                f"{eff['macs'] / 1e9:.3f}" if eff else MISSING]
+        row += [_efficiency_cell(eff, key, fmt, len(machines)) for key, _, fmt in EFFICIENCY]
+        row.append(distribution[m])
         lines.append("| " + " | ".join(row) + " |")
+    searched = sorted({(eff or {}).get("search_db") for eff in cost.values()} - {None})
+    if len(machines) == 1:
+        lines += ["", f"Parameters and MACs: inference path (backbone + what `encode` uses); "
+                      f"timings measured on {machines[0]}; search over the database split "
+                      f"({', '.join(f'{n:,}' for n in searched) or '?'} codes)."]
+    else:
+        lines += ["", f"Timings not shown: the rows come from {len(machines)} machines "
+                      f"({'; '.join(machines)})."]
     return "\n".join(lines)
+
+
+# efficiency columns after params and MACs: (record key, header, format); timings are
+# shown only when every row of a table was measured on the same machine
+EFFICIENCY = (("params_train_only", "Train-only params (M)", "{:.3f}"),
+              ("encode_latency_ms", "Encode ms/img (batch 1)", "{:.1f}"),
+              ("encode_throughput", "Encode img/s (batch 64)", "{:.1f}"),
+              ("search_latency_ms", "Search ms/query (top-100)", "{:.3f}"))
+TIMINGS = {"encode_latency_ms", "encode_throughput", "search_latency_ms"}
+
+
+def _efficiency_cell(eff: dict | None, key: str, fmt: str, machines: int) -> str:
+    if not eff or eff.get(key) is None:
+        return MISSING
+    if key in TIMINGS and machines != 1:
+        return "mixed hw"
+    value = eff[key] / 1e6 if key == "params_train_only" else eff[key]
+    return fmt.format(value)
 
 
 def render(dataset: str, records: list[dict]) -> str:

@@ -25,9 +25,10 @@ from registry.loading import one_line
 from .data import build_dataset
 from .engine import run_method
 from .errors import BenchmarkError, DataError
+from .evaluation import save_pr_curve
 from .features import Transform, extract_features
 from .protocols import Protocol, expand_grid, macro_map, materialise
-from .profiling import profile_inference
+from .profiling import profile_run
 from .store import ResultStore
 from .backbones import file_sha256
 
@@ -286,10 +287,12 @@ def execute(entry, spec, run_id, dataset, context, request) -> dict:
         record["metrics"]["macro_map"] = macro_map(codes["query_codes"], codes["db_codes"],
                                                    codes["query_labels"], codes["db_labels"])
         record["provenance"]["selection"] = result["selection"]
-        record["efficiency"] = profile_inference(result["method"], result["input_shapes"],
-                                                 spec["backbone"], spec["input_size"])
+        record["efficiency"] = profile_run(result["method"], result["input_shapes"], spec["backbone"],
+                                           spec["input_size"], codes["db_codes"], codes["query_codes"])
         record["provenance"].update(epochs=result["epochs"], loss_history=result["history"])
         save_codes(Path(request.out) / "runs" / run_id, result["codes"])
+        if dataset.cameras is None:
+            save_pr_curve(Path(request.out) / "runs" / run_id, codes)
     except Exception as exc:  # noqa: BLE001 - a failing plugin must not stop the grid
         record.update(status="failed", error=one_line(exc), metrics={}, efficiency={})
     record["wall_time"] = round(time.time() - started, 3)
