@@ -132,6 +132,8 @@ def cmd_check_plugin(args) -> int:
 
 def cmd_perf(args) -> int:
     from . import perf
+    if args.threads < 1:
+        raise BenchmarkError(f"--threads must be at least 1, got {args.threads}")
     perf.main(quick=args.quick, scale=not args.no_scale, threads=args.threads)
     return 0
 
