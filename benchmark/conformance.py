@@ -38,13 +38,13 @@ from .method import INPUT_NAMES, HashMethod
 from .profiling import count_macs, count_params
 
 PROBE_CLASSES = 4
-PROBE_TRAIN_PER_CLASS = 12
+PROBE_TRAIN_PER_CLASS = 8
 PROBE_QUERY_PER_CLASS = 4
 PROBE_BITS = (12, 32)
 PROBE_EPOCHS = 2
 PROBE_STEPS = 5
 PROBE_SEED = 0
-PROBE_INPUT_SIZE = 128
+PROBE_INPUT_SIZE = 64
 STRIDES = {"s8": 8, "s16": 16, "s32": 32}
 
 

@@ -228,10 +228,26 @@ def render_papers(rows: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------- index
 
-def _runs_summary(records: list[dict]) -> str:
+def _coverage(records: list[dict]) -> tuple[set, set]:
+    """(present, wanted) runs: the records' methods x the default grid's bits and seeds."""
     methods = {r["method"] for r in records}
     present = {(r["method"], r["bits"], r["seed"]) for r in records}
     wanted = {(m, b, s) for m in methods for b in DEFAULT_GRID["bits"] for s in DEFAULT_GRID["seeds"]}
+    return present, wanted
+
+
+def is_partial(records: list[dict]) -> bool:
+    present, wanted = _coverage(records)
+    return not wanted <= present
+
+
+PARTIAL_NOTE = ("**PARTIAL**: some tables lack runs of the default grid's bits and seeds "
+                "(see \"runs\" in [`README.md`](README.md)); `make leaderboard` completes them.")
+
+
+def _runs_summary(records: list[dict]) -> str:
+    methods = {r["method"] for r in records}
+    present, wanted = _coverage(records)
     if wanted <= present:
         return f"{len(present)} (complete for bits 12/24/32/48 x seeds 0-2)"
     return (f"{len(present)}: **PARTIAL**, {len(wanted & present)} of the {len(wanted)} runs "
@@ -259,6 +275,8 @@ def render_index(records: list[dict], plots: dict[str, bytes], pages: dict[str, 
     if papers:
         out += ["Numbers **quoted from papers** are only in [`papers.md`](papers.md) and are "
                 "never mixed into the measured tables."]
+    if is_partial(records):
+        out += ["", PARTIAL_NOTE.replace("[`README.md`](README.md)", "the tables below")]
     out += ["", "Regenerate:", "", "```sh",
             "make leaderboard          # re-run the default grid (finished runs are reused) and regenerate",
             "python -m benchmark leaderboard --records leaderboards/records.jsonl --out leaderboards",
@@ -305,6 +323,8 @@ def build(records: list[dict], paper_rows: list[dict] | None = None) -> dict[str
     footer = ("Every row above is reproduced here: measured by this harness, records in "
               "[`records.jsonl`](records.jsonl)" + ("; numbers quoted from papers are in "
               "[`papers.md`](papers.md), never in these tables." if paper_rows else "."))
+    if is_partial(records):
+        footer += "\n\n" + PARTIAL_NOTE
     files.update({name: f"{text.rstrip()}\n\n{footer}\n".encode() for name, text in pages.items()})
     files.update(plots)
     if paper_rows:

@@ -105,7 +105,7 @@ class NotAMethod(torch.nn.Module):
 
 
 @pytest.mark.parametrize("method_cls, failing, reason", [
-    (WrongShape, "codes_shape_and_binarised", "encode returned shape (48, 11), expected (48, 12)"),
+    (WrongShape, "codes_shape_and_binarised", "encode returned shape (32, 11), expected (32, 12)"),
     (Constant, "codes_shape_and_binarised", "every sample gets the same 12-bit code"),
     (BatchDependent, "encode_without_labels", "changes with the rest of its batch"),
     (Unseeded, "same_seed_same_codes", "differ in"),
