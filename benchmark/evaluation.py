@@ -67,20 +67,22 @@ class _SameLabel:
     """Database items sharing a label, listed without scanning the database."""
 
     def __init__(self, db_labels: np.ndarray):
-        labels = torch.from_numpy(np.asarray(db_labels, dtype=np.int64))
-        self.order = torch.argsort(labels, stable=True)  # by label, then index
-        values, counts = torch.unique_consecutive(labels[self.order], return_counts=True)
-        starts = torch.cumsum(counts, 0) - counts
-        self.slices = {int(v): (int(s), int(s + c)) for v, s, c in zip(values, starts, counts)}
+        labels = np.asarray(db_labels, dtype=np.int64)
+        self.order = torch.from_numpy(np.argsort(labels, kind="stable"))  # by label, then index
+        self.values, self.sizes = np.unique(labels, return_counts=True)
+        self.starts = np.cumsum(self.sizes) - self.sizes
+
+    def counts(self, labels: np.ndarray) -> np.ndarray:
+        """Number of database items with each of ``labels``."""
+        slot = np.minimum(np.searchsorted(self.values, labels), len(self.values) - 1)
+        return np.where(self.values[slot] == labels, self.sizes[slot], 0)
 
     def members(self, label: int) -> torch.Tensor:
         """Sorted database indices with this label (empty if none)."""
-        lo, hi = self.slices.get(int(label), (0, 0))
-        return self.order[lo:hi]
-
-    def count(self, label: int) -> int:
-        lo, hi = self.slices.get(int(label), (0, 0))
-        return hi - lo
+        slot = min(int(np.searchsorted(self.values, label)), len(self.values) - 1)
+        if self.values[slot] != label:
+            return self.order[:0]
+        return self.order[self.starts[slot]:self.starts[slot] + self.sizes[slot]]
 
 
 @dataclass
@@ -106,6 +108,14 @@ def _int8_operands(codes: np.ndarray, query_side: bool) -> torch.Tensor:
     return torch.cat([-2 * codes, ones] + parts, dim=1)
 
 
+def _words(codes: np.ndarray) -> np.ndarray:
+    """0/1 codes -> (N, words) uint64, zero-padded: popcount(x ^ y) summed = distance."""
+    packed = np.packbits(np.asarray(codes, dtype=np.uint8), axis=1)
+    padded = np.zeros((len(packed), -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
+    padded[:, :packed.shape[1]] = packed
+    return padded.view(np.uint64)
+
+
 def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Values and lengths of the runs of equal consecutive values."""
     starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
@@ -128,14 +138,14 @@ class _Ranker:
         self.n_db, self.bits = db_codes.shape
         self.width = self.bits + 1
         self.same = _SameLabel(db_labels)
-        most = max(self.same.count(label) for label in self.same.slices)
+        most = int(self.same.sizes.max())
         if (most + 1) * self.width > MAX_COUNT_ELEMENTS:
             raise ValueError(f"{most} database items share one label: too many for exact "
                              f"{self.bits}-bit evaluation (at most {MAX_COUNT_ELEMENTS // self.width - 1})")
         self.tile = self.n_db if self.n_db <= 4 * TILE_COLUMNS else TILE_COLUMNS
         self.db_tiles = [_int8_operands(db_codes[start:start + self.tile], False).T.contiguous()
                          for start in range(0, self.n_db, self.tile)]
-        self.db_packed = np.packbits(db_codes, axis=1)
+        self.db_words = _words(db_codes)
         # reused buffers: fresh large allocations page-fault on every call
         self.block_rows = max(1, BLOCK_ELEMENTS // self.tile)
         block = self.block_rows * self.tile
@@ -144,7 +154,9 @@ class _Ranker:
         self.gathered = torch.empty(block, dtype=torch.int32)
         self.marks = torch.empty(max(TILE_ELEMENTS, self.tile), dtype=torch.int32)
         self.offsets = torch.empty(max(TILE_ELEMENTS, self.tile), dtype=torch.int32)
-        self.counts = torch.empty(max(COUNT_ELEMENTS, (most + 1) * self.width), dtype=torch.int32)
+        # counters hold at most n_db: 16 bits suffice for small databases (half the traffic)
+        self.count_type = torch.int16 if self.n_db < 2 ** 15 else torch.int32
+        self.counts = torch.empty(max(COUNT_ELEMENTS, (most + 1) * self.width), dtype=self.count_type)
 
     def chunks(self, grouped_labels: np.ndarray) -> list[tuple[int, int]]:
         """Row ranges of label-grouped queries whose (segment, distance) counts and label
@@ -152,8 +164,8 @@ class _Ranker:
         labels, sizes = _runs(grouped_labels)
         max_groups = max(1, len(self.offsets) // self.tile)
         chunks, lo, pos, groups, most = [], 0, 0, 0, 0
-        for label, size in zip(labels, sizes):
-            bins = (self.same.count(label) + 1) * self.width
+        for size, count in zip(sizes, self.same.counts(labels)):
+            bins = (int(count) + 1) * self.width
             left = int(size)
             while left:
                 cap = len(self.counts) // max(most, bins)
@@ -196,7 +208,7 @@ class _Ranker:
         earlier = torch.bincount(member_key, minlength=tiles * groups).view(tiles, groups)
         earlier = (torch.cumsum(earlier, 0) - earlier).to(torch.int32)  # members in earlier tiles
         counts = self.counts[:rows * segments * width].view(rows, segments * width).zero_()
-        ones = torch.ones(1, dtype=torch.int32)
+        ones = torch.ones(1, dtype=self.count_type)
         for t, start in enumerate(range(0, self.n_db, self.tile)):
             columns = self.db_tiles[t].shape[1]
             # offsets[g, i] = (bits+1) s_g(start + i)
@@ -221,11 +233,16 @@ class _Ranker:
                 index = self.index[:(hi - lo) * columns].view(hi - lo, columns)
                 index.copy_(distance)
                 counts[lo:hi].scatter_add_(1, index, ones.expand(hi - lo, columns))
-        packed = np.packbits(query_codes, axis=1)
-        distance = torch.from_numpy(np.bitwise_count(
-            packed[:, None] ^ self.db_packed[item_db.numpy()]).sum(2, dtype=np.int64))
+        xor = _words(query_codes)[:, None] ^ self.db_words[item_db.numpy()]
+        distance = torch.from_numpy(np.bitwise_count(xor).sum(2, dtype=np.int64))
         counts = counts.view(rows, segments, width)
-        counts.cumsum_(1)  # items before the end of each segment, per distance
+        # items before the end of each segment, per distance (a prefix sum over segments;
+        # slice by slice when slices are large: faster than cumsum along a middle axis)
+        if rows * width >= 4096:
+            for segment in range(1, segments):
+                counts[:, segment].add_(counts[:, segment - 1])
+        else:
+            counts.cumsum_(1)
         hist = counts[:, -1].long()  # the last segment ends after the database
         segment_key = torch.arange(segments - 1) * width + distance
         tie_before = counts.view(rows, -1).gather(1, segment_key).long() - 1
@@ -247,7 +264,7 @@ def _ranked_chunks(query_codes, db_codes, query_labels, db_labels):
         raise ValueError("evaluation needs at least one query and one database item")
     ranker = _Ranker(db_codes, db_labels)
     # queries grouped by label, labels with similar member counts side by side (less padding)
-    members = np.array([ranker.same.count(label) for label in query_labels])
+    members = ranker.same.counts(query_labels)
     order = np.lexsort((query_labels, members))
     for lo, hi in ranker.chunks(query_labels[order]):
         rows = order[lo:hi]
