@@ -25,9 +25,10 @@ How it avoids sorting: distances are integers in [0, bits]. The rank of database
 histogram over distances. Only relevant items need ranks, and they are found from the
 labels, not by scanning: cut the database at the relevant items into segments and count
 items per (segment, distance); the items tied with j that come before it are then a
-prefix sum over segments (details in :class:`_Ranker`). The work per query chunk is one
-matrix product, one scatter-add and one cumulative sum over (segment, distance) bins;
-queries and database are processed in tiles, so memory is bounded for any database size.
+prefix sum over segments (details in :class:`_Ranker`). The work per query-item pair is
+one int8 multiply-add per bit (``torch._int_mm``, exact int32 Hamming distances) and one
+scatter-add; per query, a prefix sum over (segment, distance) counters. Queries go in
+chunks and the database in tiles, so memory is bounded for any database size.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ import torch
 PRECISION_AT = (10, 100)
 MAP_AT = (100, 1000)
 RADIUS = 2
-TILE_ELEMENTS = 1 << 22  # query rows x database columns handled at once
+OFFSET_ELEMENTS = 1 << 22  # (label, database column) segment offsets per chunk of queries
 TILE_COLUMNS = 8192  # database columns per tile when the database is larger than 4 tiles
 BLOCK_ELEMENTS = 1 << 18  # query-item pairs whose keys are made and counted at once
 COUNT_ELEMENTS = 1 << 21  # (query, segment, distance) counters per chunk of queries
@@ -152,8 +153,8 @@ class _Ranker:
         self.distance = torch.empty(block, dtype=torch.int32)
         self.index = torch.empty(block, dtype=torch.int64)
         self.gathered = torch.empty(block, dtype=torch.int32)
-        self.marks = torch.empty(max(TILE_ELEMENTS, self.tile), dtype=torch.int32)
-        self.offsets = torch.empty(max(TILE_ELEMENTS, self.tile), dtype=torch.int32)
+        self.marks = torch.empty(max(OFFSET_ELEMENTS, self.tile), dtype=torch.int32)
+        self.offsets = torch.empty(max(OFFSET_ELEMENTS, self.tile), dtype=torch.int32)
         # counters hold at most n_db: 16 bits suffice for small databases (half the traffic)
         self.count_type = torch.int16 if self.n_db < 2 ** 15 else torch.int32
         self.counts = torch.empty(max(COUNT_ELEMENTS, (most + 1) * self.width), dtype=self.count_type)

@@ -96,7 +96,7 @@ def test_every_ranking_metric_matches_brute_force(seed, bits, n_db, n_query, cla
                                                   monkeypatch):
     if small:  # several database tiles, query chunks and blocks
         monkeypatch.setattr(evaluation, "TILE_COLUMNS", 16)
-        monkeypatch.setattr(evaluation, "TILE_ELEMENTS", 512)
+        monkeypatch.setattr(evaluation, "OFFSET_ELEMENTS", 512)
         monkeypatch.setattr(evaluation, "COUNT_ELEMENTS", 256)
         monkeypatch.setattr(evaluation, "BLOCK_ELEMENTS", 100)
     q, d, ql, dl, dist = random_case(seed, n_query=n_query, n_db=n_db, bits=bits, classes=classes)
