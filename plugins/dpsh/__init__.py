@@ -3,7 +3,7 @@
 Pairwise likelihood (paper Eq. 4) between the batch outputs u_i and a memory U of the
 outputs of every training sample (as the authors' code does), Theta_ij = u_i^T U_j / 2:
 
-    L = - mean_ij [ s_ij Theta_ij - log(1 + exp(Theta_ij)) ] + eta * mean || b_i - u_i ||^2,
+    L = - mean_ij [ s_ij Theta_ij - log(1 + exp(Theta_ij)) ] + eta * mean_ik (b_ik - u_ik)^2,
 
 b = sign(u), eta = 0.1; the memory starts at zero and row i is overwritten with u_i
 (detached) after each step, as in the authors' PyTorch code.
@@ -26,7 +26,7 @@ def dpsh_loss(u, labels, memory, memory_labels, eta: float = 0.1):
     similar = (labels[:, None] == memory_labels[None, :]).float()
     likelihood = -(similar * theta - F.softplus(theta)).mean()
     binary = torch.where(u >= 0, 1.0, -1.0).detach()
-    quantisation = eta * (binary - u).pow(2).sum(dim=1).mean()
+    quantisation = eta * (binary - u).pow(2).mean()
     return likelihood, quantisation
 
 
