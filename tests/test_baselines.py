@@ -55,8 +55,8 @@ def test_dpsh_loss_by_hand():
     # Theta = u.U_j / 2 = [2, 0]; s = [1, 0] -> -(2 - log(1+e^2)) and -(0 - log 2)
     likelihood, quant = dpsh_loss(u, torch.tensor([0]), memory, torch.tensor([0, 1]), eta=0.1)
     assert likelihood.item() == pytest.approx((-(2 - softplus(2)) + softplus(0)) / 2, rel=1e-6)
-    # b = sign(u) = [1, 1] -> ||b - u||^2 = 1 + 1
-    assert quant.item() == pytest.approx(0.1 * 2)
+    # b = sign(u) = [1, 1] -> (b - u)^2 = [1, 1], mean 1
+    assert quant.item() == pytest.approx(0.1 * 1)
 
 
 def test_greedyhash_loss_and_straight_through_gradient():
