@@ -9,7 +9,9 @@ BENCHMARK_DATA_ROOT ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/d
 export BENCHMARK_DATA_ROOT
 RESULTS ?= results/demo
 
-.PHONY: demo test install leaderboard
+LEADERBOARD_RESULTS ?= results/leaderboard
+
+.PHONY: demo test install leaderboard leaderboard-check
 install: $(STAMP)
 
 $(STAMP): requirements.txt setup.py
@@ -25,3 +27,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The default grid (every built-in method, cub100, frozen, bits 12/24/32/48, seeds 0-2; runs
+# already in $(LEADERBOARD_RESULTS) are reused), then every file in leaderboards/. Failed
+# runs are recorded; the leaderboards are still regenerated and make exits non-zero.
+leaderboard: $(STAMP)
+	status=0; $(PY) -m benchmark run --methods "$$($(PY) -m benchmark list --builtin --names)" \
+		--dataset cub100 --regime frozen --bits 12,24,32,48 --seeds 0,1,2 \
+		--out $(LEADERBOARD_RESULTS) || status=$$?; \
+	test $$status -le 1 && $(PY) -m benchmark leaderboard --results $(LEADERBOARD_RESULTS) \
+		--out leaderboards && exit $$status
+
+# What CI runs: regenerate leaderboards/ from the committed records and compare bytes.
+leaderboard-check: $(STAMP)
+	$(PY) -m benchmark leaderboard --records leaderboards/records.jsonl --out leaderboards --check
