@@ -2,12 +2,10 @@
 import torch
 import torch.nn.functional as F
 
-from benchmark.conformance import parametrize_with_checks
 from benchmark.engine import TrainData, train
 from plugins.thesis_blocks import centre_loss, select_dimensions
-from plugins.thesis_ddl import ThesisDDL
 from plugins.thesis_mad import ThesisMAD
-from plugins.thesis_msd import DualPathStage, ThesisMSD, diversity_loss, gate_loss
+from plugins.thesis_msd import DualPathStage, diversity_loss, gate_loss
 from plugins.thesis_sld import SampleLabelState, ThesisSLD, isolate, sub_label_memory
 
 
@@ -170,8 +168,3 @@ def test_mad_codes_are_balanced_on_the_training_set_and_ignore_labels():
     assert torch.equal(runs[0], runs[1])
     ones = (runs[0] >= 0).float().mean(0)
     assert ((ones - 0.5).abs() <= 1 / 64 + 1e-6).all()
-
-
-@parametrize_with_checks([ThesisMSD, ThesisSLD, ThesisMAD, ThesisDDL])
-def test_contract(method, check):
-    check(method)

@@ -14,8 +14,8 @@ What we chose (each component is an ablation switch):
   (s8, s16, s32) of the same image; the denoiser is an MLP with ``layers`` hidden layers of
   width ``hidden`` (SiLU; sinusoidal timestep embedding added to each layer) predicting the
   noise, trained with MSE. ``False``: the candidates are the standardised backbone features
-  themselves (pooled + pooled stage maps); the denoiser is then built but never trained
-  or used (the harness needs parameters to optimise), so that row's parameter count is moot.
+  themselves (pooled + pooled stage maps); the registered ablation ``thesis-mad-nodiff``
+  is then closed-form (``fit``): nothing is trained and its denoiser is never used.
 * ``multi_layer``: the candidates are the pre-activations of every hidden layer at the fixed
   timestep ``timestep * steps``, with noise-free x_t = sqrt(abar_t) x0 so codes are
   deterministic (the thesis' choice of noise at encoding is not stated); ``False``: the
@@ -32,6 +32,7 @@ Selection and medians are computed by ``on_train_end`` on the training set (and,
 mid-training encodes work, at each epoch start). Labels are never used.
 """
 import math
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -140,8 +141,6 @@ class ThesisMAD(HashMethod):
         self._fit_statistics(data)
 
     def loss(self, batch):
-        if not self.diffusion:  # candidates are the backbone features: nothing to train
-            return {"denoise": sum(p.sum() for p in self.denoiser.parameters()) * 0.0}
         x0, c = self._x_c(batch["inputs"])
         t = torch.randint(len(self.alpha_bar), (len(x0),))
         abar = self.alpha_bar[t][:, None]
@@ -157,7 +156,20 @@ class ThesisMAD(HashMethod):
         return losses
 
 
-VARIANTS = [ablation(ThesisMAD, "nodiff", diffusion=False),
+class ThesisMADNoDiffusion(ThesisMAD):
+    """Ablation of thesis-mad: diffusion=False. The candidates are the standardised backbone
+    features, so there is nothing to train: entropy selection is fitted in closed form."""
+    name = "thesis-mad-nodiff"
+    trainable = False
+
+    def __init__(self, bits, num_classes, input_shapes, **hparams):
+        super().__init__(bits, num_classes, input_shapes, **{"diffusion": False, **hparams})
+
+    def fit(self, inputs, labels=None):
+        self._fit_statistics(SimpleNamespace(inputs=inputs))
+
+
+VARIANTS = [ThesisMADNoDiffusion,
             ablation(ThesisMAD, "lastlayer", multi_layer=False),
             ablation(ThesisMAD, "noent", entropy_selection=False),
             ablation(ThesisMAD, "nodecor", decorrelation=0.0),
