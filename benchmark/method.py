@@ -102,3 +102,10 @@ class HashMethod(nn.Module):
 
     def encode(self, inputs) -> torch.Tensor:
         raise NotImplementedError
+
+
+def pooled_mlp_head(input_shapes: dict, bits: int, hidden: int = 1024) -> list[nn.Module]:
+    """The two-layer hash head (pooled -> hidden -> bits, ReLU) that the frozen-regime
+    plugins train in place of their papers' end-to-end networks; a list, so a plugin can
+    append layers before wrapping it in ``nn.Sequential``."""
+    return [nn.Linear(input_shapes["pooled"][0], hidden), nn.ReLU(), nn.Linear(hidden, bits)]

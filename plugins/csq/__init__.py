@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.method import HashMethod
+from benchmark.method import HashMethod, pooled_mlp_head
 from registry import hookimpl
 
 
@@ -66,8 +66,7 @@ class CSQ(HashMethod):
     def __init__(self, bits, num_classes, input_shapes, hidden: int = 1024, lam: float = 1e-4):
         super().__init__(bits, num_classes, input_shapes)
         self.lam = lam
-        self.head = nn.Sequential(nn.Linear(input_shapes["pooled"][0], hidden), nn.ReLU(),
-                                  nn.Linear(hidden, bits))
+        self.head = nn.Sequential(*pooled_mlp_head(input_shapes, bits, hidden))
         self.centres = hash_centres(num_classes, bits)  # training targets, not in encode
 
     def encode(self, inputs):

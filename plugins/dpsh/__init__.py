@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.method import HashMethod
+from benchmark.method import HashMethod, pooled_mlp_head
 from registry import hookimpl
 
 
@@ -39,8 +39,7 @@ class DPSH(HashMethod):
     def __init__(self, bits, num_classes, input_shapes, hidden: int = 1024, eta: float = 0.1):
         super().__init__(bits, num_classes, input_shapes)
         self.eta = eta
-        self.head = nn.Sequential(nn.Linear(input_shapes["pooled"][0], hidden), nn.ReLU(),
-                                  nn.Linear(hidden, bits))
+        self.head = nn.Sequential(*pooled_mlp_head(input_shapes, bits, hidden))
         self.memory = self.memory_labels = None  # training state, not part of the model
 
     def on_epoch_start(self, epoch, data):

@@ -14,7 +14,7 @@ learning rate (1e-2) because only the head is trained.
 import torch
 from torch import nn
 
-from benchmark.method import HashMethod
+from benchmark.method import HashMethod, pooled_mlp_head
 from registry import hookimpl
 
 
@@ -39,8 +39,7 @@ class DSH(HashMethod):
     def __init__(self, bits, num_classes, input_shapes, hidden: int = 1024, alpha: float = 0.01):
         super().__init__(bits, num_classes, input_shapes)
         self.alpha = alpha
-        self.head = nn.Sequential(nn.Linear(input_shapes["pooled"][0], hidden), nn.ReLU(),
-                                  nn.Linear(hidden, bits))
+        self.head = nn.Sequential(*pooled_mlp_head(input_shapes, bits, hidden))
 
     def encode(self, inputs):
         return self.head(inputs["pooled"])

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.method import HashMethod
+from benchmark.method import HashMethod, pooled_mlp_head
 from registry import hookimpl
 
 
@@ -44,8 +44,7 @@ class GreedyHash(HashMethod):
     def __init__(self, bits, num_classes, input_shapes, hidden: int = 1024, alpha: float = 0.1):
         super().__init__(bits, num_classes, input_shapes)
         self.alpha = alpha
-        self.head = nn.Sequential(nn.Linear(input_shapes["pooled"][0], hidden), nn.ReLU(),
-                                  nn.Linear(hidden, bits))
+        self.head = nn.Sequential(*pooled_mlp_head(input_shapes, bits, hidden))
         self.classifier = nn.Linear(bits, num_classes)  # training only
 
     def encode(self, inputs):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.method import HashMethod
+from benchmark.method import HashMethod, pooled_mlp_head
 from registry import hookimpl
 
 
@@ -44,8 +44,7 @@ class HashNet(HashMethod):
         super().__init__(bits, num_classes, input_shapes)
         self.alpha, self.gamma, self.power = 10.0 / bits, gamma, power
         self.step = 0
-        self.head = nn.Sequential(nn.Linear(input_shapes["pooled"][0], hidden), nn.ReLU(),
-                                  nn.Linear(hidden, bits))
+        self.head = nn.Sequential(*pooled_mlp_head(input_shapes, bits, hidden))
 
     def encode(self, inputs):
         return self.head(inputs["pooled"])

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.method import HashMethod
+from benchmark.method import HashMethod, pooled_mlp_head
 from plugins.csq import hash_centres
 from registry import hookimpl
 
@@ -38,8 +38,8 @@ class OrthoHash(HashMethod):
                  margin: float = 0.2, quantisation: float = 0.0):
         super().__init__(bits, num_classes, input_shapes)
         self.scale, self.margin, self.quantisation = scale, margin, quantisation
-        self.head = nn.Sequential(nn.Linear(input_shapes["pooled"][0], hidden), nn.ReLU(),
-                                  nn.Linear(hidden, bits), nn.BatchNorm1d(bits))
+        self.head = nn.Sequential(*pooled_mlp_head(input_shapes, bits, hidden),
+                                  nn.BatchNorm1d(bits))
         self.codebook = hash_centres(num_classes, bits)  # training targets, not in encode
 
     def encode(self, inputs):
