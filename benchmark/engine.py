@@ -92,7 +92,7 @@ def train(method: HashMethod, data: TrainData, epochs: int, seed: int, optimizer
             losses = method.loss(batch)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
-                parts = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}: {parts}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
