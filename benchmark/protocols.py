@@ -263,21 +263,8 @@ def materialise(labels: np.ndarray, is_train: np.ndarray, num_classes: int,
 
 # ---------------------------------------------------------------- macro mAP
 
-def per_query_ap(query_codes, db_codes, query_labels, db_labels, chunk: int = 512) -> np.ndarray:
-    """AP@all of each query (Hamming ranking, ties by database index, as ``evaluate_codes``)."""
-    from .evaluation import hamming_distances
-    out = np.empty(len(query_labels))
-    ranks = np.arange(1, len(db_labels) + 1)
-    for start in range(0, len(query_labels), chunk):
-        dist = hamming_distances(query_codes[start:start + chunk], db_codes)
-        order = np.argsort(dist, axis=1, kind="stable")
-        relevant = db_labels[order] == query_labels[start:start + chunk, None]
-        hits = np.cumsum(relevant, axis=1)
-        out[start:start + chunk] = (hits / ranks * relevant).sum(axis=1) / np.maximum(hits[:, -1], 1)
-    return out
-
-
 def macro_map(query_codes, db_codes, query_labels, db_labels) -> float:
     """Per-class averaged mAP: mean over classes of the mean AP of that class's queries."""
-    ap = per_query_ap(query_codes, db_codes, query_labels, db_labels)
+    from .evaluation import evaluate_retrieval
+    ap = evaluate_retrieval(query_codes, db_codes, query_labels, db_labels).per_query_ap
     return float(np.mean([ap[query_labels == c].mean() for c in np.unique(query_labels)]))

@@ -243,10 +243,10 @@ class RunContext:
 
 
 def metrics_for(dataset, split):
-    """The evaluation of a dataset: re-ID (same-camera filtering) when it has camera ids
-    and ``evaluation.evaluate_reid`` exists, else ``evaluate_codes``."""
+    """The evaluation of a dataset: re-ID (same-camera filtering) when it has camera ids,
+    else ``evaluate_codes``."""
     from . import evaluation
-    if dataset.cameras is None or not hasattr(evaluation, "evaluate_reid"):
+    if dataset.cameras is None:
         return evaluation.evaluate_codes
     query_cameras, db_cameras = dataset.cameras[split.query_index], dataset.cameras[split.db_index]
     person_id = np.array([int(c) for c in dataset.classes])  # -1 = junk, 0 = distractor

@@ -16,8 +16,8 @@ from benchmark.errors import BenchmarkError
 from benchmark.features import Features
 from benchmark.method import HashMethod
 from benchmark.protocols import (Protocol, corrupt_labels, expand_grid, long_tail_counts,
-                                 macro_map, materialise, per_query_ap)
-from benchmark.evaluation import evaluate_codes
+                                 macro_map, materialise)
+from benchmark.evaluation import evaluate_codes, evaluate_retrieval
 from tests.conftest import DATA_ROOT, needs_cub100, run_cli
 
 C, TRAIN, TEST = 12, 20, 10
@@ -107,7 +107,12 @@ def test_macro_map_averages_per_class():
     rng = np.random.default_rng(0)
     q, d = rng.integers(0, 2, (30, 16), dtype=np.uint8), rng.integers(0, 2, (50, 16), dtype=np.uint8)
     ql, dl = rng.integers(0, 3, 30), rng.integers(0, 3, 50)
-    ap = per_query_ap(q, d, ql, dl)
+    # independent per-query AP: stable sort by (distance, index)
+    dist = (q[:, None, :] != d[None, :, :]).sum(-1)
+    relevant = dl[np.argsort(dist, axis=1, kind="stable")] == ql[:, None]
+    hits = np.cumsum(relevant, axis=1)
+    ap = (hits / np.arange(1, 51) * relevant).sum(1) / np.maximum(hits[:, -1], 1)
+    assert ap == pytest.approx(evaluate_retrieval(q, d, ql, dl).per_query_ap)
     assert ap.mean() == pytest.approx(evaluate_codes(q, d, ql, dl)["map"])
     assert macro_map(q, d, ql, dl) == pytest.approx(np.mean([ap[ql == c].mean() for c in range(3)]))
 
