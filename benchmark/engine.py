@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import BenchmarkError
-from .evaluation import binarise, evaluate_codes
+from .evaluation import binarise, evaluate_codes, map_real_valued
 from .features import Features
 from .method import INPUT_NAMES, HashMethod
 
@@ -107,18 +107,32 @@ def train(method: HashMethod, data: TrainData, epochs: int, seed: int, optimizer
 
 
 @torch.no_grad()
+def _in_batches(fn, inputs: dict[str, torch.Tensor], batch_size: int) -> list:
+    n = len(next(iter(inputs.values())))
+    return [fn({k: v[s:s + batch_size] for k, v in inputs.items()}) for s in range(0, n, batch_size)]
+
+
 def encode_all(method: HashMethod, inputs: dict[str, torch.Tensor], batch_size: int = 256) -> np.ndarray:
     method.eval()
     n = len(next(iter(inputs.values())))
-    outputs = [method.encode({k: v[s:s + batch_size] for k, v in inputs.items()})
-               for s in range(0, n, batch_size)]
-    values = torch.cat(outputs)
+    values = torch.cat(_in_batches(method.encode, inputs, batch_size))
     if values.shape != (n, method.bits):
         raise BenchmarkError(f"method {method.name!r}: encode returned shape "
                              f"{tuple(values.shape)}, expected ({n}, {method.bits})")
     if not torch.isfinite(values).all():
         raise FloatingPointError("encode returned non-finite values")
     return binarise(values)
+
+
+def real_valued_all(method: HashMethod, inputs: dict[str, torch.Tensor],
+                    batch_size: int = 256) -> np.ndarray | None:
+    """The method's ``real_valued`` features as float32 (N, D), or None if it has none."""
+    method.eval()
+    with torch.no_grad():
+        parts = _in_batches(method.real_valued, inputs, batch_size)
+    if any(p is None for p in parts):
+        return None
+    return torch.cat(parts).float().numpy()
 
 
 def run_method(method_cls, hparams: dict, features: Features, labels: np.ndarray,
@@ -197,12 +211,18 @@ def run_method(method_cls, hparams: dict, features: Features, labels: np.ndarray
     db_source = db_features or features
     db_inputs = (train_inputs if db_source is features and np.array_equal(split.db_index, split.train_index)
                  else db_source.select(names, split.db_index))
-    db_codes = encode_all(method, db_inputs)
-    query_codes = encode_all(method, (query_features or features).select(names, split.query_index))
+    query_inputs = (query_features or features).select(names, split.query_index)
+    db_codes, query_codes = encode_all(method, db_inputs), encode_all(method, query_inputs)
     query_labels, db_labels = labels[split.query_index], labels[split.db_index]
     metrics = metrics_fn(query_codes, db_codes, query_labels, db_labels)
+    real = None
+    db_real = real_valued_all(method, db_inputs)
+    if db_real is not None:
+        real = {"db": db_real, "query": real_valued_all(method, query_inputs)}
+        metrics["map_real"] = map_real_valued(real["query"], db_real, query_labels, db_labels)
     return {"method": method, "input_shapes": shapes, "metrics": metrics,
             "history": [round(v, 6) if math.isfinite(v) else None for v in history],
             "epochs": epochs if method_cls.trainable else 0, "selection": selection,
+            "real": real,
             "codes": {"query_codes": query_codes, "db_codes": db_codes,
                       "query_labels": query_labels, "db_labels": db_labels}}

@@ -428,3 +428,21 @@ def evaluate_reid(query_codes, db_codes, query_ids, db_ids, query_cameras, db_ca
     metrics.update({"map": ap_total / n_query, "queries_without_relevant": no_good,
                     "queries": n_query})
     return metrics
+
+
+# ---------------------------------------------------------------- real-valued features
+
+def map_real_valued(query_vectors, db_vectors, query_labels, db_labels, chunk: int = 256) -> float:
+    """mAP@all of real-valued features ranked by cosine similarity (ties by database index,
+    a stable sort): the float counterpart of ``map`` for a method's ``real_valued`` feature."""
+    query = torch.nn.functional.normalize(torch.as_tensor(query_vectors, dtype=torch.float32), dim=1)
+    db = torch.nn.functional.normalize(torch.as_tensor(db_vectors, dtype=torch.float32), dim=1)
+    query_labels, db_labels = torch.as_tensor(query_labels), torch.as_tensor(db_labels)
+    positions = torch.arange(1, len(db_labels) + 1, dtype=torch.float64)
+    total = 0.0
+    for start in range(0, len(query), chunk):
+        order = torch.sort(-(query[start:start + chunk] @ db.T), dim=1, stable=True).indices
+        relevant = (db_labels[order] == query_labels[start:start + chunk, None]).double()
+        hits = torch.cumsum(relevant, 1)
+        total += float(((hits / positions * relevant).sum(1) / hits[:, -1].clamp(min=1)).sum())
+    return total / len(query)

@@ -54,6 +54,7 @@ def render_table(records: list[dict]) -> str:
     bits = sorted({r["bits"] for r in records})
     seeds = sorted({r["seed"] for r in records})
     cells: dict[tuple, list[float]] = defaultdict(list)
+    real: dict[tuple, list[dict]] = defaultdict(list)  # real-valued rows at the top bit length
     cost: dict[str, dict] = {}
     distribution: dict[str, str] = {}
     for r in sorted(records, key=lambda r: (r["method"], r["bits"], r["seed"])):
@@ -61,13 +62,17 @@ def render_table(records: list[dict]) -> str:
         cells[(row, r["bits"])].append(r["metrics"]["map"])
         if r["bits"] == bits[-1]:
             cost[row] = r["efficiency"]
+            if "map_real" in r["metrics"]:
+                real[row].append(r)
         distribution[row] = f"{r['distribution']} {r['version']}"
     methods = sorted(distribution, key=lambda m: (
         m[0] != "clean", m[0],
         -statistics.fmean([statistics.fmean(cells[(m, b)]) if cells[(m, b)] else 0.0 for b in bits]), m))
     header = (["Protocol", "Method"] + [f"mAP@{b} bits" for b in bits]
               + [f"Params (M) @{bits[-1]}b", f"MACs (G, FMA=1) @{bits[-1]}b"]
-              + [title for _, title, _ in EFFICIENCY] + ["Plugin"])
+              + [title for _, title, _ in EFFICIENCY]
+              + ([f"Real-valued mAP @{bits[-1]}b (dim)", "Float / Hamming search time"]
+                 if real else []) + ["Plugin"])
     machines = sorted({(r.get("provenance") or {}).get("hardware") or "?" for r in records})
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in methods:
@@ -76,6 +81,8 @@ def render_table(records: list[dict]) -> str:
         row += [f"{eff['params'] / 1e6:.3f}" if eff else MISSING,
                 f"{eff['macs'] / 1e9:.3f}" if eff else MISSING]
         row += [_efficiency_cell(eff, key, fmt, len(machines)) for key, _, fmt in EFFICIENCY]
+        if real:
+            row += _real_valued_cells(real.get(m, []), len(seeds))
         row.append(distribution[m])
         lines.append("| " + " | ".join(row) + " |")
     searched = sorted({(eff or {}).get("search_db") for eff in cost.values()} - {None})
@@ -96,6 +103,20 @@ EFFICIENCY = (("params_train_only", "Train-only params (M)", "{:.3f}"),
               ("encode_throughput", "Encode img/s (batch 64)", "{:.1f}"),
               ("search_latency_ms", "Search ms/query (top-100)", "{:.3f}"))
 TIMINGS = {"encode_latency_ms", "encode_throughput", "search_latency_ms"}
+
+
+def _real_valued_cells(records: list[dict], seeds: int) -> list[str]:
+    """Cosine-ranking mAP of a method's real-valued features (with their dimension), and
+    how many times longer a float search takes than a Hamming search, both measured in the
+    same runs (mean over seeds)."""
+    if not records:
+        return [MISSING, MISSING]
+    dims = sorted({r["efficiency"].get("real_dim") for r in records} - {None})
+    slower = [r["efficiency"]["real_search_latency_ms"] / r["efficiency"]["search_latency_ms"]
+              for r in records if r["efficiency"].get("real_search_latency_ms")]
+    return [f"{_cell([r['metrics']['map_real'] for r in records], seeds)} "
+            f"({'/'.join(map(str, dims)) or '?'})",
+            f"{statistics.fmean(slower):.1f}x" if slower else MISSING]
 
 
 def _efficiency_cell(eff: dict | None, key: str, fmt: str, machines: int) -> str:

@@ -11,7 +11,8 @@ and then either
 
 Afterwards ``encode(inputs)`` maps inputs to real values of shape ``(N, bits)``; the
 harness binarises them (``h >= 0`` -> 1) so ``sign(0)`` never produces half-integer
-distances. Labels never reach ``encode``.
+distances. Labels never reach ``encode``. A method may also expose ``real_valued(inputs)``,
+the real-valued feature its codes stand for (binary-vs-real-valued comparisons).
 
 Inputs (the same names in both regimes)
 ---------------------------------------
@@ -102,6 +103,13 @@ class HashMethod(nn.Module):
 
     def encode(self, inputs) -> torch.Tensor:
         raise NotImplementedError
+
+    def real_valued(self, inputs) -> torch.Tensor | None:
+        """Optional: the real-valued feature (N, D) that the codes stand for (e.g. the
+        embedding a hash layer reads). When a method returns one, a frozen run also records
+        its cosine-ranking mAP (``map_real``) and float search latency, so the cost of
+        binarising is measured, not assumed. ``None`` (the default): no such feature."""
+        return None
 
 
 def pooled_mlp_head(input_shapes: dict, bits: int, hidden: int = 1024) -> list[nn.Module]:

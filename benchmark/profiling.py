@@ -11,7 +11,9 @@ in training, encode latency and throughput, and Hamming search latency.
   measured once per process, backbone and input size, plus the method's ``encode`` on
   inputs of the backbone's output shapes, measured per run.
 * Search latency: exact top-``SEARCH_K`` Hamming search (faiss ``IndexBinaryFlat``, codes
-  padded to 64 bits) over the run's database codes, one query at a time on one thread.
+  padded to 64 bits) over the run's database codes, one query at a time on one thread; for
+  a method with ``real_valued`` features, also exact cosine search over them
+  (``real_search_latency_ms``), so the binary speed-up is a ratio from the same run.
 """
 from __future__ import annotations
 
@@ -167,11 +169,27 @@ def search_latency(db_codes: np.ndarray, query_codes: np.ndarray) -> dict:
                          budget_s=0.5)
 
 
+def real_search_latency(db_vectors: np.ndarray, query_vectors: np.ndarray) -> dict:
+    """Median batch-1, one-thread top-``SEARCH_K`` cosine search (faiss ``IndexFlatIP`` on
+    L2-normalised float32 vectors) over the database: the float side of a speed-up."""
+    from .search import FloatIndex, query_latency
+
+    def unit(v):
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    index = FloatIndex(unit(db_vectors))
+    return query_latency(index, unit(query_vectors[:LATENCY_REPEATS]), min(SEARCH_K, len(db_vectors)),
+                         min_queries=LATENCY_REPEATS, budget_s=0.5)
+
+
 def profile_run(method: nn.Module, input_shapes: dict, backbone: str, input_size: int,
-                db_codes: np.ndarray, query_codes: np.ndarray) -> dict:
+                db_codes: np.ndarray, query_codes: np.ndarray, real: dict | None = None) -> dict:
     """:func:`profile_inference` plus encode and search timings (on the machine that the
-    record's ``provenance.hardware`` names)."""
+    record's ``provenance.hardware`` names); with ``real`` (the method's real-valued
+    features, ``{"db", "query"}``), also their dimension and float search latency."""
     out = profile_inference(method, input_shapes, backbone, input_size)
+    if real is not None:
+        out.update(real_dim=int(real["db"].shape[1]),
+                   real_search_latency_ms=real_search_latency(real["db"], real["query"])["median_ms"])
     backbone_one, backbone_batch = backbone_timing(backbone, input_size, torch.get_num_threads())
     head_one, head_batch = encode_timing(method, input_shapes)
     search = search_latency(db_codes, query_codes)

@@ -288,7 +288,8 @@ def execute(entry, spec, run_id, dataset, context, request) -> dict:
                                                    codes["query_labels"], codes["db_labels"])
         record["provenance"]["selection"] = result["selection"]
         record["efficiency"] = profile_run(result["method"], result["input_shapes"], spec["backbone"],
-                                           spec["input_size"], codes["db_codes"], codes["query_codes"])
+                                           spec["input_size"], codes["db_codes"], codes["query_codes"],
+                                           result.get("real"))
         record["provenance"].update(epochs=result["epochs"], loss_history=result["history"])
         save_codes(Path(request.out) / "runs" / run_id, result["codes"])
         if dataset.cameras is None:

@@ -233,3 +233,21 @@ def test_reid_matches_a_sorting_implementation_of_the_protocol():
     for k in (1, 5, 10):
         assert m[f"rank-{k}"] == pytest.approx(np.mean(np.array(firsts) <= k), abs=1e-12)
     assert m["queries_without_relevant"] == int(np.isinf(firsts).sum())
+
+
+def test_real_valued_map_hand_computed_with_index_tie_break():
+    # cosine similarities to the query: 0.6, 1.0, 0.6, -1.0; relevant items 0 and 3
+    query = np.array([[1.0, 0.0]])
+    db = np.array([[3.0, 4.0], [2.0, 0.0], [3.0, -4.0], [-1.0, 0.0]])
+    # ranking by (-similarity, index): 1, 0, 2, 3 -> relevant at ranks 2 and 4
+    value = evaluation.map_real_valued(query, db, np.array([5]), np.array([5, 1, 1, 5]))
+    assert value == pytest.approx((1 / 2 + 2 / 4) / 2)
+
+
+def test_real_valued_map_equals_hamming_map_for_sign_vectors():
+    # for +-1 vectors, cosine = 1 - 2 d_H / bits: the same ranking as Hamming distance
+    rng = np.random.default_rng(3)
+    q, d = rng.integers(0, 2, (30, 16), dtype=np.uint8), rng.integers(0, 2, (200, 16), dtype=np.uint8)
+    ql, dl = rng.integers(0, 4, 30), rng.integers(0, 4, 200)
+    value = evaluation.map_real_valued(2.0 * q - 1, 2.0 * d - 1, ql, dl, chunk=7)
+    assert value == pytest.approx(evaluate_codes(q, d, ql, dl)["map"], abs=1e-12)

@@ -255,3 +255,22 @@ def test_cub100_dsh_noise_lowers_map(tmp_path, cache_dir):
     assert result.returncode == 0, result.stderr
     found = {p["noise"]: m["map"] for _, p, m, _ in load_runs(out)}
     assert found[None] > found["symmetric:0.5"], found
+
+
+def test_real_valued_features_are_evaluated_and_timed_beside_the_codes(tmp_path, cache_dir):
+    out = tmp_path / "real"
+    result = run_cli("run", "--methods", "thesis-sld,csq", *TINY, "--bits", "16", "--out", out,
+                     "--cache-dir", cache_dir)
+    assert result.returncode == 0, result.stderr
+    with ResultStore(out / "results.sqlite") as store:
+        records = {r["method"]: r for r in store.records()}
+    sld, csq = records["thesis-sld"], records["csq"]
+    assert 0 < sld["metrics"]["map_real"] <= 1 and "map_real" not in csq["metrics"]
+    assert sld["efficiency"]["real_dim"] == 1024  # thesis-sld's hidden embedding
+    assert sld["efficiency"]["real_search_latency_ms"] > 0
+    text, = render_all(list(records.values())).values()
+    row = next(line for line in text.splitlines() if "| thesis-sld |" in line)
+    assert f"{100 * sld['metrics']['map_real']:.2f} (1024)" in row
+    assert "Float / Hamming search time" in text
+    csq_row = next(line for line in text.splitlines() if "| csq |" in line)
+    assert csq_row.count(" - |") >= 2  # no real-valued feature: both cells empty

@@ -62,6 +62,10 @@ class ThesisDDL(HashMethod):
     def encode(self, inputs):
         return self.hash(self.net(inputs)[0])[:, self.selected] - self.thresholds
 
+    def real_valued(self, inputs):
+        """The multi-scale feature the hash layer reads (the binary-vs-real-valued gap)."""
+        return self.net(inputs)[0]
+
     def _features(self, data):
         chunks = zip(*(data.inputs[n].split(256) for n in NAMES))
         outputs = [self.net(dict(zip(NAMES, c)))[0] for c in chunks]

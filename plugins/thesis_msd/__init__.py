@@ -177,6 +177,9 @@ class ThesisMSD(HashMethod):
     def encode(self, inputs):
         return self.hash(self.net(inputs)[0])
 
+    def real_valued(self, inputs):
+        return self.net(inputs)[0]
+
     def loss(self, batch):
         features, gates, attention = self.net(batch["inputs"])
         u = torch.tanh(self.hash(features))

@@ -166,6 +166,9 @@ class ThesisSLD(HashMethod):
     def encode(self, inputs):
         return self.hash(self.embed(inputs["pooled"]))
 
+    def real_valued(self, inputs):
+        return self.embed(inputs["pooled"])
+
     def on_epoch_start(self, epoch, data):
         memory = F.normalize(torch.cat([self.embed(x) for x in data.inputs["pooled"].split(512)]), dim=1)
         self.state.refresh(epoch, memory, data.labels)
