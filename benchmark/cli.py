@@ -44,7 +44,10 @@ def cmd_list(args) -> int:
     plugins = load_plugins()
     methods = {name: entry for name, entry in plugins.methods.items()
                if not args.builtin or entry.distribution == BUILTIN_DISTRIBUTION}
-    if args.names:  # for scripts: `run --methods "$(python -m benchmark list --builtin --names)"`
+    if args.default_grid:
+        from .exports import DEFAULT_GRID
+        methods = {name: methods[name] for name in DEFAULT_GRID["methods"] if name in methods}
+    if args.names:  # for scripts: `run --methods "$(python -m benchmark list --default-grid --names)"`
         print(",".join(methods))
         return 0
     print(f"{'method':<14} {'supervised':<10} {'inputs':<8} provided by")
@@ -153,6 +156,8 @@ def parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list registered methods and failed plugins")
     listing.add_argument("--builtin", action="store_true", help="only this project's methods")
     listing.add_argument("--names", action="store_true", help="print only a comma-separated list")
+    listing.add_argument("--default-grid", action="store_true",
+                         help="only the methods of the default leaderboard grid")
     run = sub.add_parser("run", help="train and evaluate methods x bits x seeds")
     run.add_argument("--methods", type=_name_list, required=True)
     run.add_argument("--dataset", default="cub100")

@@ -61,6 +61,16 @@ def test_list_shows_builtins_and_failed_plugins(plugin_site):
     assert failed and "ImportError: needs a package that is not installed" in failed[0]
 
 
+def test_default_grid_lists_registered_builtins_without_ablation_variants():
+    from benchmark.exports import DEFAULT_GRID
+    result = run_cli("list", "--default-grid", "--names")
+    assert result.returncode == 0, result.stderr
+    names = result.stdout.strip().split(",")
+    assert names == list(DEFAULT_GRID["methods"])  # every one registered, in grid order
+    builtin = run_cli("list", "--builtin", "--names").stdout.strip().split(",")
+    assert set(names) < set(builtin) and "cmbh-b" in builtin and "cmbh-b" not in names
+
+
 def test_asking_for_a_failed_plugin_is_a_one_line_error(plugin_site, tmp_path):
     result = run_cli("run", "--methods", "broken", *TINY, "--out", tmp_path, env=plugin_site)
     assert result.returncode == 2
