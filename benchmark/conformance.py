@@ -318,6 +318,23 @@ def check_codes_shape_and_binarised(method) -> str:
     return f"(N, bits) float -> 0/1 codes at bits {', '.join(map(str, PROBE_BITS))}"
 
 
+def check_real_valued(method) -> str:
+    """The optional ``real_valued`` feature, when a method has one, is a finite float (N, D)
+    array for the same N samples as the codes, and is evaluated (``map_real``)."""
+    cls = _resolve(method)
+    run = probe_run(cls, PROBE_BITS[0])
+    real = run.get("real")
+    if real is None:
+        return "none (optional)"
+    n_db, n_query = len(run["codes"]["db_codes"]), len(run["codes"]["query_codes"])
+    for side, rows in (("db", n_db), ("query", n_query)):
+        values = real[side]
+        if values.ndim != 2 or len(values) != rows or not np.isfinite(values).all():
+            raise ConformanceError(f"real_valued must give finite (N, D) features; the "
+                                   f"{side} side has shape {values.shape}, expected ({rows}, D)")
+    return f"(N, {real['db'].shape[1]}) features, cosine mAP {run['metrics']['map_real']:.3f}"
+
+
 def check_encode_without_labels(method) -> str:
     """``encode`` takes only the declared inputs (no labels), in eval mode, and each sample's
     output does not depend on the rest of its batch or on earlier calls."""
@@ -418,7 +435,7 @@ def check_losses_finite_and_decreasing(method) -> str:
 
 
 CHECKS = (check_contract, check_parameters_reported, check_codes_shape_and_binarised,
-          check_encode_without_labels, check_same_seed_same_codes,
+          check_real_valued, check_encode_without_labels, check_same_seed_same_codes,
           check_losses_finite_and_decreasing)
 
 
