@@ -55,6 +55,10 @@ def select_dimensions(values: torch.Tensor, k: int, decorrelation: float = 1.0,
     centred = values.double() - values.double().mean(0)
     std = centred.pow(2).mean(0).sqrt().clamp(min=1e-12)
     standardised = centred / std
+    # |corr| of every column with every other, once (one matmul) when the (D, D) matrix is
+    # small enough; else one matrix-vector product per chosen column (same values)
+    gram = (standardised.T @ standardised / n).abs() if d <= 4096 else None
+    rows = standardised.T.contiguous() if gram is None else None
     chosen: list[int] = []
     max_corr = torch.zeros(d, dtype=torch.float64)
     available = torch.ones(d, dtype=torch.bool)
@@ -63,7 +67,7 @@ def select_dimensions(values: torch.Tensor, k: int, decorrelation: float = 1.0,
         best = int(score.argmax())
         chosen.append(best)
         available[best] = False
-        corr = (standardised * standardised[:, best:best + 1]).mean(0).abs()
+        corr = gram[best] if gram is not None else (rows @ standardised[:, best] / n).abs()
         max_corr = torch.maximum(max_corr, corr)
     return torch.tensor(chosen, dtype=torch.long)
 
