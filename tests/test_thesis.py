@@ -151,20 +151,57 @@ def test_label_correction_and_isolation_on_a_noisy_toy_problem():
     assert (method.state.soft.argmax(1) == clean).float().mean() > 0.95
 
 
-def test_mad_codes_are_balanced_on_the_training_set_and_ignore_labels():
+def test_mad_codes_ignore_labels_and_direct_bits_are_the_entropy_scored_signs():
     torch.manual_seed(0)
     shapes = {"s8": (4, 4, 4), "s16": (6, 2, 2), "s32": (8, 1, 1), "pooled": (10,)}
     inputs = {k: torch.randn(64, *v) for k, v in shapes.items()}
-    runs = []
-    for labels in (torch.zeros(64, dtype=torch.long), torch.arange(64) % 5):
-        torch.manual_seed(1)
-        method = ThesisMAD(8, 5, shapes, hidden=16, layers=2)
-        data = TrainData(inputs, labels, 32)
-        train(method, data, 2, 0, method.train_config["optimizer"])
+    for encoding in ("itq", "select"):
+        runs = []
+        for labels in (torch.zeros(64, dtype=torch.long), torch.arange(64) % 5):
+            torch.manual_seed(1)
+            method = ThesisMAD(8, 5, shapes, hidden=16, layers=2, encoding=encoding)
+            data = TrainData(inputs, labels, 32)
+            train(method, data, 2, 0, method.train_config["optimizer"])
+            method.eval()
+            with torch.no_grad():
+                method.on_train_end(data)
+                runs.append(method.encode(inputs))
+        assert torch.equal(runs[0], runs[1])
+    # direct selection: each bit is the sign of the candidate whose sign entropy chose it
+    # (binarising at the median instead made every bit 1 bit of entropy, whatever was scored)
+    with torch.no_grad():
+        scored = (method.candidates(inputs)[:, method.selected] > 0).float().mean(0)
+    assert torch.equal((runs[0] >= 0).float().mean(0), scored)
+
+
+def test_mad_entropy_subset_then_itq_keeps_the_informative_candidates():
+    """Closed-form (no diffusion) on constructed features: 6 sparse spike columns (sign
+    entropy ~0.1 bit), then 6 columns carrying two independent binary factors (3 noisy copies
+    each); constant stage maps (dead candidates). Entropy keeps the factor columns, and ITQ's
+    2 bits then recover the 4 (factor, factor) groups exactly; the first 6 columns do not.
+    (Decorrelation is off here: it would trade the redundant factor copies for spikes.)"""
+    generator = torch.Generator().manual_seed(0)
+    n = 400
+    factors = torch.randint(0, 2, (n, 2), generator=generator).float() * 2 - 1
+    spikes = (torch.rand(n, 6, generator=generator) < 0.02).float() * 10
+    signal = factors.repeat_interleave(3, 1) * 2 + 0.3 * torch.randn(n, 6, generator=generator)
+    shapes = {"s8": (2, 2, 2), "s16": (2, 1, 1), "s32": (2, 1, 1), "pooled": (12,)}
+    inputs = {k: torch.ones(n, *v) for k, v in shapes.items() if k != "pooled"}
+    inputs["pooled"] = torch.cat([spikes, signal], 1)
+    group = (factors[:, 0] > 0).long() * 2 + (factors[:, 1] > 0).long()
+
+    def groups_per_code(**switches):
+        torch.manual_seed(0)
+        method = ThesisMAD(2, 4, shapes, diffusion=False, subset=6, **switches)
         method.eval()
         with torch.no_grad():
-            method.on_train_end(data)
-            runs.append(method.encode(inputs))
-    assert torch.equal(runs[0], runs[1])
-    ones = (runs[0] >= 0).float().mean(0)
-    assert ((ones - 0.5).abs() <= 1 / 64 + 1e-6).all()
+            method._fit_statistics(TrainData(inputs, torch.zeros(n, dtype=torch.long), 64))
+            codes = (method.encode(inputs) >= 0).long()
+        key = codes[:, 0] * 2 + codes[:, 1]
+        return method, max(len(group[key == k].unique()) for k in key.unique())
+
+    method, mixed = groups_per_code(decorrelation=0.0)
+    assert sorted(method.selected.tolist()) == list(range(6, 12))
+    assert mixed == 1  # every code holds one group (and, with 4 codes, every group one code)
+    _, mixed = groups_per_code(entropy_selection=False, decorrelation=0.0)  # first 6 columns
+    assert mixed > 1
