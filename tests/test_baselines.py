@@ -202,12 +202,13 @@ def test_cmbh_inference_path_uses_only_the_hash_stage_matching_and_w_h():
     inputs = {k: torch.randn((2,) + v) for k, v in SHAPES.items()}
     with torch.no_grad():
         before = method.encode(inputs)
-        for module in (method.sub[0], method.sub[2], method.fusion, method.stage_classifiers):
+        others = [j for j in range(3) if j != method.l]
+        for module in [method.sub[j] for j in others] + [method.fusion, method.stage_classifiers]:
             for p in module.parameters():
                 p.fill_(float("nan"))  # training-only modules
         assert torch.equal(method.encode(inputs), before)
-        inputs["s8"].fill_(float("nan"))
-        inputs["s32"].fill_(float("nan"))
+        for j in others:
+            inputs[("s8", "s16", "s32")[j]].fill_(float("nan"))
         assert torch.equal(method.encode(inputs), before)
 
 
