@@ -13,7 +13,8 @@ from tests.conftest import run_cli
 from benchmark.torchvision_compat import import_torchvision
 from plugins.a2net import A2Net, adsh_losses, balanced_similarity, decorrelation_loss, \
     solve_dcc
-from plugins.cmbh import CMBH, CMBHBase, CMBHLayers, CMBHLayersTransfer, crop, locate_regions
+from plugins.cmbh import (CMBH, CMBHBase, CMBHLayers, CMBHLayersTransfer, activation_map, crop,
+                          locate_regions)
 from plugins.csq import csq_loss, hadamard, hash_centres
 from plugins.dpsh import dpsh_loss
 from plugins.dsh import DSH
@@ -168,6 +169,14 @@ def test_cmbh_algorithm1_boxes_on_a_constructed_map():
     expected = torch.tensor([[1, 1, 2, 2], [4, 4, 6, 5], [0, 6, 2, 6], [0, 6, 2, 6]])
     assert torch.equal(boxes[0], expected)
     assert torch.equal(boxes[1], expected[:, [1, 0, 3, 2]])  # transposed map, transposed boxes
+
+
+def test_cmbh_activation_map_averages_the_positive_part():
+    first = torch.tensor([[[[1.0, -3.0], [2.0, -1.0]]]])
+    second = torch.tensor([[[[-2.0, 4.0], [0.0, 1.0]]]])
+    # channel mean of max(F, 0): [[(1 + 0) / 2, (0 + 4) / 2], [(2 + 0) / 2, (0 + 1) / 2]]
+    expected = torch.tensor([[[0.5, 2.0], [1.0, 0.5]]])
+    assert torch.equal(activation_map([first, second]), expected)
 
 
 def test_cmbh_crop_equals_roi_align():
