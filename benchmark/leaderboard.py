@@ -54,7 +54,7 @@ def render_table(records: list[dict]) -> str:
     bits = sorted({r["bits"] for r in records})
     seeds = sorted({r["seed"] for r in records})
     cells: dict[tuple, list[float]] = defaultdict(list)
-    real: dict[tuple, list[dict]] = defaultdict(list)  # real-valued rows at the top bit length
+    real: dict[tuple, list[dict]] = defaultdict(list)  # runs with a real-valued feature
     cost: dict[str, dict] = {}
     distribution: dict[str, str] = {}
     for r in sorted(records, key=lambda r: (r["method"], r["bits"], r["seed"])):
@@ -62,8 +62,8 @@ def render_table(records: list[dict]) -> str:
         cells[(row, r["bits"])].append(r["metrics"]["map"])
         if r["bits"] == bits[-1]:
             cost[row] = r["efficiency"]
-            if "map_real" in r["metrics"]:
-                real[row].append(r)
+        if "map_real" in r["metrics"]:
+            real[row].append(r)
         distribution[row] = f"{r['distribution']} {r['version']}"
     methods = sorted(distribution, key=lambda m: (
         m[0] != "clean", m[0],
@@ -71,7 +71,7 @@ def render_table(records: list[dict]) -> str:
     header = (["Protocol", "Method"] + [f"mAP@{b} bits" for b in bits]
               + [f"Params (M) @{bits[-1]}b", f"MACs (G, FMA=1) @{bits[-1]}b"]
               + [title for _, title, _ in EFFICIENCY]
-              + ([f"Real-valued mAP @{bits[-1]}b (dim)", "Float / Hamming search time"]
+              + (["Real-valued mAP (dim, bits)", "Float / Hamming search time"]
                  if real else []) + ["Plugin"])
     machines = sorted({(r.get("provenance") or {}).get("hardware") or "?" for r in records})
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -108,14 +108,16 @@ TIMINGS = {"encode_latency_ms", "encode_throughput", "search_latency_ms"}
 def _real_valued_cells(records: list[dict], seeds: int) -> list[str]:
     """Cosine-ranking mAP of a method's real-valued features (with their dimension), and
     how many times longer a float search takes than a Hamming search, both measured in the
-    same runs (mean over seeds)."""
+    same runs (mean over seeds), at the row's largest bit length with such runs."""
     if not records:
         return [MISSING, MISSING]
+    top = max(r["bits"] for r in records)
+    records = [r for r in records if r["bits"] == top]
     dims = sorted({r["efficiency"].get("real_dim") for r in records} - {None})
     slower = [r["efficiency"]["real_search_latency_ms"] / r["efficiency"]["search_latency_ms"]
               for r in records if r["efficiency"].get("real_search_latency_ms")]
     return [f"{_cell([r['metrics']['map_real'] for r in records], seeds)} "
-            f"({'/'.join(map(str, dims)) or '?'})",
+            f"({'/'.join(map(str, dims)) or '?'}-d, {top}b)",
             f"{statistics.fmean(slower):.1f}x" if slower else MISSING]
 
 

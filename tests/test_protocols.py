@@ -270,7 +270,7 @@ def test_real_valued_features_are_evaluated_and_timed_beside_the_codes(tmp_path,
     assert sld["efficiency"]["real_search_latency_ms"] > 0
     text, = render_all(list(records.values())).values()
     row = next(line for line in text.splitlines() if "| thesis-sld |" in line)
-    assert f"{100 * sld['metrics']['map_real']:.2f} (1024)" in row
+    assert f"{100 * sld['metrics']['map_real']:.2f} (1024-d, 16b)" in row
     assert "Float / Hamming search time" in text
     csq_row = next(line for line in text.splitlines() if "| csq |" in line)
     assert csq_row.count(" - |") >= 2  # no real-valued feature: both cells empty
