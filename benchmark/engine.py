@@ -108,6 +108,7 @@ def train(method: HashMethod, data: TrainData, epochs: int, seed: int, optimizer
 
 @torch.no_grad()
 def _in_batches(fn, inputs: dict[str, torch.Tensor], batch_size: int) -> list:
+    """``fn`` over consecutive batches of ``inputs``, without gradients."""
     n = len(next(iter(inputs.values())))
     return [fn({k: v[s:s + batch_size] for k, v in inputs.items()}) for s in range(0, n, batch_size)]
 
@@ -128,8 +129,7 @@ def real_valued_all(method: HashMethod, inputs: dict[str, torch.Tensor],
                     batch_size: int = 256) -> np.ndarray | None:
     """The method's ``real_valued`` features as float32 (N, D), or None if it has none."""
     method.eval()
-    with torch.no_grad():
-        parts = _in_batches(method.real_valued, inputs, batch_size)
+    parts = _in_batches(method.real_valued, inputs, batch_size)
     if any(p is None for p in parts):
         return None
     return torch.cat(parts).float().numpy()
