@@ -309,7 +309,7 @@ def render_index(records: list[dict], plots: dict[str, bytes], pages: dict[str, 
             "ties broken by database index.", ""]
     not_run, outside = default_grid_coverage(records)
     if not_run:
-        out += [f"**Default-grid methods with no run yet**: {', '.join(not_run)}.", ""]
+        out += [f"**Default-grid methods with no run in these records**: {', '.join(not_run)}.", ""]
     if outside:
         out += [f"Built-in methods outside the default grid (ablation variants, and the thesis "
                 f"methods on stage maps; measured in their own tables): {', '.join(outside)}.", ""]
