@@ -86,9 +86,12 @@ def render_table(records: list[dict]) -> str:
         row.append(distribution[m])
         lines.append("| " + " | ".join(row) + " |")
     searched = sorted({(eff or {}).get("search_db") for eff in cost.values()} - {None})
+    loads = [r["provenance"]["load_average"] for r in records
+             if "load_average" in (r.get("provenance") or {})]
+    load = f" (1-minute load average {min(loads):.1f} to {max(loads):.1f})" if loads else ""
     if len(machines) == 1:
         lines += ["", f"Parameters and MACs: inference path (backbone + what `encode` uses); "
-                      f"timings measured on {machines[0]}; search over the database split "
+                      f"timings measured on {machines[0]}{load}; search over the database split "
                       f"({', '.join(f'{n:,}' for n in searched) or '?'} codes)."]
     else:
         lines += ["", f"Timings not shown: the rows come from {len(machines)} machines "

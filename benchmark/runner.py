@@ -287,6 +287,7 @@ def execute(entry, spec, run_id, dataset, context, request) -> dict:
         record["metrics"]["macro_map"] = macro_map(codes["query_codes"], codes["db_codes"],
                                                    codes["query_labels"], codes["db_labels"])
         record["provenance"]["selection"] = result["selection"]
+        record["provenance"]["load_average"] = round(os.getloadavg()[0], 2)  # while timing
         record["efficiency"] = profile_run(result["method"], result["input_shapes"], spec["backbone"],
                                            spec["input_size"], codes["db_codes"], codes["query_codes"],
                                            result.get("real"))

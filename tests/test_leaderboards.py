@@ -30,6 +30,15 @@ def fake_record(method, bits, seed, map_value, dataset="toy", noise=None, status
                            "versions": {"torch": "2.13.0"}, "loss_history": [1 / 3, 0.25]}}
 
 
+def test_timing_footnote_states_the_load_while_timing_when_recorded():
+    from benchmark.leaderboard import render_table
+    records = [fake_record("dsh", 12, s, 0.3) for s in (0, 1)]
+    assert "load average" not in render_table(records)  # older records: nothing claimed
+    for record, load in zip(records, (0.8, 6.25)):
+        record["provenance"]["load_average"] = load
+    assert "measured on Toy CPU x2 (1-minute load average 0.8 to 6.2)" in render_table(records)
+
+
 def grid(noise=None):
     """Two methods x bits 12/24 x seeds 0/1 (+ one failed run that must not be exported)."""
     rng = random.Random(0)

@@ -268,6 +268,7 @@ def test_real_valued_features_are_evaluated_and_timed_beside_the_codes(tmp_path,
     assert 0 < sld["metrics"]["map_real"] <= 1 and "map_real" not in csq["metrics"]
     assert sld["efficiency"]["real_dim"] == 1024  # thesis-sld's hidden embedding
     assert sld["efficiency"]["real_search_latency_ms"] > 0
+    assert sld["provenance"]["load_average"] >= 0  # the load while its timings were taken
     text, = render_all(list(records.values())).values()
     row = next(line for line in text.splitlines() if "| thesis-sld |" in line)
     assert f"{100 * sld['metrics']['map_real']:.2f} (1024-d, 16b)" in row
