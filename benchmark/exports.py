@@ -33,11 +33,11 @@ VOLATILE_FIELDS = ("wall_time",)
 RECORDS_FILE = "records.jsonl"
 PAPERS_FILE = "paper_results.json"
 PLOTS_DIR = "plots"
-#: the grid ``make leaderboard`` runs (README and index text; Makefile holds the command)
-# What `make leaderboard` runs: the baselines, the sanity baselines and thesis-sld (the one
-# thesis method on pooled features). Ablation variants and the thesis methods that read
-# stage maps (thesis-msd, -mad, -ddl: about 2 CPU-hours per 12-run grid here) are measured
-# in the thesis and ablation tables instead (leaderboards/thesis, leaderboards/ablations).
+#: the grid ``make leaderboard`` runs (README and index text; the Makefile takes its methods
+#: from ``list --default-grid``): the baselines, the sanity baselines and thesis-sld (the one
+#: thesis method on pooled features). Ablation variants and the thesis methods that read
+#: stage maps (thesis-msd, -mad, -ddl; one default thesis-ddl run took 13 minutes on this
+#: shared 2-core machine) are measured in leaderboards/thesis and leaderboards/ablations.
 DEFAULT_GRID = {"dataset": "cub100", "regime": "frozen", "bits": (12, 24, 32, 48),
                 "seeds": (0, 1, 2),
                 "methods": ("lsh", "itq", "dsh", "dpsh", "hashnet", "greedyhash", "csq",
