@@ -60,7 +60,7 @@ def adsh_losses(u, database, similarity, indices, gamma: float = 200.0):
 
 def decorrelation_loss(u):
     batch, bits = u.shape
-    return F.mse_loss(u.T @ u, batch * torch.eye(bits)) / batch / bits
+    return F.mse_loss(u.T @ u, batch * torch.eye(bits, device=u.device)) / batch / bits
 
 
 def solve_dcc(database, outputs, similarity, gamma: float = 200.0):
@@ -140,7 +140,7 @@ class A2Net(HashMethod):
         self.late = epoch >= self.late_epoch
         if epoch == 0:  # the authors' start: random V
             self.labels = data.labels.clone()
-            self.database = torch.randn(len(data), self.bits)
+            self.database = torch.randn(len(data), self.bits).to(self.W.device)  # CPU RNG draw
         if epoch % self.epochs_per_update:
             return
         outputs = torch.cat([torch.tanh(self.encode(b["inputs"])) for b in data.batches()])

@@ -50,7 +50,8 @@ class ITQ(HashMethod):
         eigenvalues, eigenvectors = torch.linalg.eigh(x.T @ x)
         pca = eigenvectors[:, eigenvalues.argsort(descending=True)[: self.bits]]
         v = x @ pca
-        rotation, _ = torch.linalg.qr(torch.randn(self.bits, self.bits, dtype=torch.float64))
+        start = torch.randn(self.bits, self.bits, dtype=torch.float64)  # CPU RNG, then moved
+        rotation, _ = torch.linalg.qr(start.to(x.device))
         for _ in range(self.iterations):
             b = torch.where(v @ rotation >= 0, 1.0, -1.0).double()
             u, _, wt = torch.linalg.svd(b.T @ v)

@@ -76,14 +76,16 @@ def largest_components(hot: torch.Tensor) -> torch.Tensor:
     until nothing changes; on equal sizes the component with the smallest such index wins."""
     batch, height, width = hot.shape
     mask = hot.float()
-    ids = torch.arange(1, height * width + 1, dtype=torch.float32).view(1, height, width) * mask
+    ids = torch.arange(1, height * width + 1, dtype=torch.float32,
+                       device=hot.device).view(1, height, width) * mask
     while True:
         grown = F.max_pool2d(ids.unsqueeze(1), 3, stride=1, padding=1).squeeze(1) * mask
         if torch.equal(grown, ids):
             break
         ids = grown
     flat = ids.long().view(batch, -1)
-    sizes = torch.zeros(batch, height * width + 1).scatter_add_(1, flat, mask.view(batch, -1))
+    sizes = torch.zeros(batch, height * width + 1, device=hot.device).scatter_add_(
+        1, flat, mask.view(batch, -1))
     sizes[:, 0] = -1  # background
     return (ids == sizes.argmax(1).view(batch, 1, 1).float()) & hot
 
@@ -117,7 +119,7 @@ def crop(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torc
     (= ``torchvision.ops.roi_align(aligned=True, sampling_ratio=1)``)."""
     batch, regions = boxes.shape[:2]
     x1, y1, x2, y2 = (boxes.reshape(-1, 4) * 2 - 1).unbind(1)  # to grid_sample's [-1, 1]
-    theta = torch.zeros(batch * regions, 2, 3)
+    theta = torch.zeros(batch * regions, 2, 3, device=boxes.device)
     theta[:, 0, 0], theta[:, 0, 2] = (x2 - x1) / 2, (x1 + x2) / 2
     theta[:, 1, 1], theta[:, 1, 2] = (y2 - y1) / 2, (y1 + y2) / 2
     grid = F.affine_grid(theta, (batch * regions, maps.shape[1]) + tuple(size), align_corners=False)
@@ -238,8 +240,8 @@ class CMBH(HashMethod):
         activation = activation_map([m.detach() for m in maps])
         h, w = activation.shape[-2:]
         cells = locate_regions(activation, self.num_regions).float()
-        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-        boxes = (cells + torch.tensor([0.0, 0.0, 1.0, 1.0])) / scale
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=cells.device)
+        boxes = (cells + torch.tensor([0.0, 0.0, 1.0, 1.0], device=cells.device)) / scale
         return [crop(x, boxes, (max(x.shape[-2] // 2, 1), max(x.shape[-1] // 2, 1)))
                 for x in maps]
 

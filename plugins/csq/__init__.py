@@ -74,7 +74,8 @@ class CSQ(HashMethod):
 
     def loss(self, batch):
         u = torch.tanh(self.encode(batch["inputs"])).clamp(-1 + 1e-6, 1 - 1e-6)
-        central, quantisation = csq_loss(u, self.centres[batch["labels"]], self.lam)
+        centres = self.centres.to(u.device)  # a fixed target, kept out of the module's state
+        central, quantisation = csq_loss(u, centres[batch["labels"]], self.lam)
         return {"central": central, "quantisation": quantisation}
 
 

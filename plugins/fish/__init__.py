@@ -30,8 +30,8 @@ def target_codes(labels: torch.Tensor, num_classes: int, bits: int, iterations: 
                  sigma: float = 1.0, delta: float = 1e-4) -> torch.Tensor:
     """FISH's label-derived target codes, one +-1 row per sample."""
     onehot = F.one_hot(labels, num_classes).double().T              # classes x n
-    v = torch.randn(bits, labels.numel(), dtype=torch.float64)
-    b = torch.where(torch.randn(bits, labels.numel()) >= 0, 1.0, -1.0).double()
+    v = torch.randn(bits, labels.numel(), dtype=torch.float64).to(onehot.device)  # CPU RNG
+    b = torch.where(torch.randn(bits, labels.numel()).to(onehot.device) >= 0, 1.0, -1.0).double()
 
     def procrustes(b, v):
         left, _, right = torch.linalg.svd(b @ v.T)
@@ -84,7 +84,7 @@ class FISH(HashMethod):
         logits = self.logits(fm)
         attention = fm.detach().sum(1, keepdim=True)
         peak = attention.amax(dim=(2, 3), keepdim=True)
-        threshold = torch.empty(len(fm), 1, 1, 1).uniform_(0.9, 1.0)
+        threshold = torch.empty(len(fm), 1, 1, 1).uniform_(0.9, 1.0).to(fm.device)  # CPU RNG
         erased = fm * (attention < threshold * peak).float()
         return {"classification": F.cross_entropy(logits, labels),
                 "codes": F.mse_loss(self.codes(logits), self.targets[batch["indices"]]),

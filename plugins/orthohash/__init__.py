@@ -47,7 +47,8 @@ class OrthoHash(HashMethod):
 
     def loss(self, batch):
         z = self.encode(batch["inputs"])
-        losses = {"cosine_softmax": orthohash_loss(z, self.codebook, batch["labels"],
+        codebook = self.codebook.to(z.device)  # a fixed target, kept out of the module's state
+        losses = {"cosine_softmax": orthohash_loss(z, codebook, batch["labels"],
                                                    self.scale, self.margin)}
         if self.quantisation:
             sign = torch.where(z >= 0, 1.0, -1.0).detach()
