@@ -51,7 +51,9 @@ def select_dimensions(values: torch.Tensor, k: int, decorrelation: float = 1.0,
     n, d = values.shape
     if k > d:
         raise ValueError(f"cannot select {k} dimensions from {d}")
-    scores = binary_entropy((values > 0).double().mean(0)) if entropy else torch.ones(d, dtype=torch.float64)
+    device = values.device
+    scores = (binary_entropy((values > 0).double().mean(0)) if entropy
+              else torch.ones(d, dtype=torch.float64, device=device))
     centred = values.double() - values.double().mean(0)
     std = centred.pow(2).mean(0).sqrt().clamp(min=1e-12)
     standardised = centred / std
@@ -60,16 +62,16 @@ def select_dimensions(values: torch.Tensor, k: int, decorrelation: float = 1.0,
     gram = (standardised.T @ standardised / n).abs() if d <= 4096 else None
     rows = standardised.T.contiguous() if gram is None else None
     chosen: list[int] = []
-    max_corr = torch.zeros(d, dtype=torch.float64)
-    available = torch.ones(d, dtype=torch.bool)
+    max_corr = torch.zeros(d, dtype=torch.float64, device=device)
+    available = torch.ones(d, dtype=torch.bool, device=device)
     for _ in range(k):
-        score = torch.where(available, scores - decorrelation * max_corr, torch.tensor(-math.inf))
+        score = torch.where(available, scores - decorrelation * max_corr, -math.inf)
         best = int(score.argmax())
         chosen.append(best)
         available[best] = False
         corr = gram[best] if gram is not None else (rows @ standardised[:, best] / n).abs()
         max_corr = torch.maximum(max_corr, corr)
-    return torch.tensor(chosen, dtype=torch.long)
+    return torch.tensor(chosen, dtype=torch.long, device=device)
 
 
 def ablation(cls, suffix: str, **overrides):

@@ -89,10 +89,11 @@ class ThesisDDL(HashMethod):
     def loss(self, batch):
         features, gates, attention = self.net(batch["inputs"])
         u = torch.tanh(self.hash(features))
-        losses = self.state.losses(batch["indices"], u, features, self.centres)
+        centres = self.centres.to(u.device)  # a fixed target, kept out of the module's state
+        losses = self.state.losses(batch["indices"], u, features, centres)
         losses["quantisation"] = self.quantisation * quantisation_loss(u)
         if self.gate_weight:
-            ratio = batch.get("resolution", torch.ones(len(u))).float()
+            ratio = batch.get("resolution", torch.ones(len(u), device=u.device)).float()
             losses["gates"] = self.gate_weight * gate_loss(gates, ratio)
         if self.diversity:
             losses["diversity"] = self.diversity * diversity_loss(attention)

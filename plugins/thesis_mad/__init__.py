@@ -75,7 +75,7 @@ STAGES = ("s8", "s16", "s32")
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps (B,) -> (B, dim)."""
-    freqs = torch.exp(-math.log(10000) * torch.arange(dim // 2) / (dim // 2))
+    freqs = torch.exp(-math.log(10000) * torch.arange(dim // 2, device=t.device) / (dim // 2))
     angles = t.float()[:, None] * freqs[None]
     return torch.cat([angles.sin(), angles.cos()], 1)
 
@@ -104,7 +104,7 @@ class Denoiser(nn.Module):
 def info_nce(a, b, temperature=0.2):
     a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
     logits = a @ b.T / temperature
-    return F.cross_entropy(logits, torch.arange(len(a)))
+    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
 
 
 class ThesisMAD(HashMethod):
@@ -161,8 +161,9 @@ class ThesisMAD(HashMethod):
         x0, c = self._x_c(inputs)
         if not self.diffusion:
             return torch.cat([x0, c], 1)
-        t = torch.full((len(x0),), self.t_star, dtype=torch.long)
-        _, pre = self.denoiser(self.alpha_bar[self.t_star].sqrt() * x0, c, t)
+        t = torch.full((len(x0),), self.t_star, dtype=torch.long, device=x0.device)
+        abar = self.alpha_bar.to(x0.device)[self.t_star]
+        _, pre = self.denoiser(abar.sqrt() * x0, c, t)
         return torch.cat(pre, 1) if self.multi_layer else pre[-1]
 
     def encode(self, inputs):
@@ -187,7 +188,8 @@ class ThesisMAD(HashMethod):
             kept = values[:, chosen]
             self.z_mean.copy_(kept.mean(0)), self.z_std.copy_(kept.std(0).clamp(min=1e-6))
             z = (kept - self.z_mean) / self.z_std
-            itq = ITQ(self.bits, self.num_classes, {"pooled": (z.shape[1],)}, self.itq_iterations)
+            itq = ITQ(self.bits, self.num_classes, {"pooled": (z.shape[1],)},
+                      self.itq_iterations).to(z.device)
             itq.fit({"pooled": z})
             self.projection.copy_(itq.projection)
             self.offset.copy_(itq.mean @ itq.projection)
@@ -200,14 +202,15 @@ class ThesisMAD(HashMethod):
 
     def loss(self, batch):
         x0, c = self._x_c(batch["inputs"])
-        t = torch.randint(len(self.alpha_bar), (len(x0),))
-        abar = self.alpha_bar[t][:, None]
+        alpha_bar = self.alpha_bar.to(x0.device)  # the fixed schedule, kept out of the state
+        t = torch.randint(len(alpha_bar), (len(x0),)).to(x0.device)  # CPU RNG, then moved
+        abar = alpha_bar[t][:, None]
         noise = torch.randn_like(x0)
         predicted, _ = self.denoiser(abar.sqrt() * x0 + (1 - abar).sqrt() * noise, c, t)
         losses = {"denoise": F.mse_loss(predicted, x0 if self.prediction == "x0" else noise)}
         if self.contrastive:
-            t_star = torch.full((len(x0),), self.t_star, dtype=torch.long)
-            a = self.alpha_bar[self.t_star]
+            t_star = torch.full((len(x0),), self.t_star, dtype=torch.long, device=x0.device)
+            a = alpha_bar[self.t_star]
             views = [torch.cat(self.denoiser(a.sqrt() * x0 + (1 - a).sqrt() * torch.randn_like(x0),
                                              c, t_star)[1], 1) for _ in range(2)]
             losses["contrastive"] = self.contrastive * info_nce(*views)

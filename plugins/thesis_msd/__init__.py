@@ -184,10 +184,11 @@ class ThesisMSD(HashMethod):
         features, gates, attention = self.net(batch["inputs"])
         u = torch.tanh(self.hash(features))
         labels = batch["labels"]
-        losses = {"centre": centre_loss(u, one_hot(labels, self.num_classes), self.centres),
+        centres = self.centres.to(u.device)  # a fixed target, kept out of the module's state
+        losses = {"centre": centre_loss(u, one_hot(labels, self.num_classes), centres),
                   "quantisation": self.quantisation * quantisation_loss(u)}
         if self.gate_weight:
-            ratio = batch.get("resolution", torch.ones(len(labels))).float()
+            ratio = batch.get("resolution", torch.ones(len(labels), device=u.device)).float()
             losses["gates"] = self.gate_weight * gate_loss(gates, ratio)
         if self.diversity:
             losses["diversity"] = self.diversity * diversity_loss(attention)

@@ -72,10 +72,10 @@ def sub_label_memory(memory, classes, num_classes, max_sub: int, min_per_sub: in
             count = max(1, min(max_sub, len(members) // min_per_sub))
             centres.append(spherical_kmeans(members, count))
             owner += [c] * count
-    centres, owner = torch.cat(centres), torch.tensor(owner)
+    centres, owner = torch.cat(centres), torch.tensor(owner, device=memory.device)
     sims = memory @ centres.T
     own = owner[None, :] == classes[:, None]
-    sub_label = torch.where(own, sims, torch.tensor(-float("inf"))).argmax(1)
+    sub_label = torch.where(own, sims, -float("inf")).argmax(1)
     return centres, owner, sub_label
 
 
@@ -83,14 +83,15 @@ def isolate(memory, classes, centres, owner, sub_label) -> torch.Tensor:
     """Boolean mask of suspected noisy samples (see the module docstring)."""
     sims = memory @ centres.T
     own = owner[None, :] == classes[:, None]
-    best_own = torch.where(own, sims, torch.tensor(-float("inf"))).max(1).values
-    best_other = torch.where(own, torch.tensor(-float("inf")), sims).max(1).values
+    best_own = torch.where(own, sims, -float("inf")).max(1).values
+    best_other = torch.where(own, -float("inf"), sims).max(1).values
     support = torch.bincount(sub_label, minlength=len(centres))
     split = torch.bincount(owner, minlength=int(classes.max()) + 1)[owner] > 1
     alone = (support[sub_label] == 1) & split[sub_label]
     between = centres @ centres.T
     same = owner[:, None] == owner[None, :]
-    sibling = torch.where(same & ~torch.eye(len(owner), dtype=torch.bool), between, -2.0).max(1).values
+    eye = torch.eye(len(owner), dtype=torch.bool, device=owner.device)
+    sibling = torch.where(same & ~eye, between, -2.0).max(1).values
     foreign, neighbour = torch.where(same, -2.0, between).max(1)
     # a (smaller) sub-cluster living in another class's region
     astray = split & (foreign > sibling) & (support < support[neighbour])
@@ -119,7 +120,7 @@ class SampleLabelState:
             self.soft = beta * given_hot + (1 - beta) * neighbour_targets(memory, self.soft, self.k, self.tau)
         classes = self.soft.argmax(1)
         n = len(memory)
-        self.isolated = torch.zeros(n, dtype=torch.bool)
+        self.isolated = torch.zeros(n, dtype=torch.bool, device=memory.device)
         group = classes
         if self.sub_labels:
             centres, owner, sub = sub_label_memory(memory, classes, self.num_classes,
@@ -176,7 +177,8 @@ class ThesisSLD(HashMethod):
     def loss(self, batch):
         embedding = self.embed(batch["inputs"]["pooled"])
         u = torch.tanh(self.hash(embedding))
-        losses = self.state.losses(batch["indices"], u, embedding, self.centres)
+        centres = self.centres.to(u.device)  # a fixed target, kept out of the module's state
+        losses = self.state.losses(batch["indices"], u, embedding, centres)
         losses["quantisation"] = self.quantisation * quantisation_loss(u)
         return losses
 
