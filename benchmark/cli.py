@@ -39,13 +39,13 @@ def _name_list(text: str) -> list[str]:
 
 
 def cmd_list(args) -> int:
-    from registry import load_plugins
+    from registry import BACKBONES, DATASETS, load_plugins
     from registry.loading import BUILTIN_DISTRIBUTION
     plugins = load_plugins()
     methods = {name: entry for name, entry in plugins.methods.items()
                if not args.builtin or entry.distribution == BUILTIN_DISTRIBUTION}
     if args.default_grid:
-        from .exports import DEFAULT_GRID
+        from .grid.defaults import DEFAULT_GRID
         methods = {name: methods[name] for name in DEFAULT_GRID["methods"] if name in methods}
     if args.names:  # for scripts: `run --methods "$(python -m benchmark list --default-grid --names)"`
         print(",".join(methods))
@@ -55,6 +55,10 @@ def cmd_list(args) -> int:
         print(f"{name:<14} {'yes' if entry.supervised else 'no':<10} "
               f"{getattr(entry.cls, 'inputs', 'pooled'):<8} {entry.distribution} {entry.version} "
               f"(plugin {entry.plugin})")
+    for kind, registry, owners in (("datasets", DATASETS, plugins.datasets),
+                                   ("backbones", BACKBONES, plugins.backbones)):
+        names = [f"{n} (plugin {owners[n]})" if n in owners else n for n in sorted(registry.module_dict)]
+        print(f"{kind}: {', '.join(names)}")
     for failure in plugins.failures:
         print(f"failed plugin {failure.plugin} ({failure.distribution} {failure.version}): "
               f"{failure.reason}")
@@ -62,7 +66,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .runner import GridRequest, run_grid
+    from .grid.request import GridRequest
+    from .run.driver import run_grid
     request = GridRequest(methods=args.methods, dataset=args.dataset, bits=args.bits,
                           seeds=args.seeds, regime=args.regime, input_size=args.input_size,
                           epochs=args.epochs, max_classes=args.max_classes, data_root=args.data_root, out=Path(args.out),
@@ -81,21 +86,26 @@ def cmd_run(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from . import exports
-    from .store import ResultStore
+    from registry import load_plugins
+    from registry.loading import BUILTIN_DISTRIBUTION
+    from .report import files as exports
+    from .report.papers import PAPERS_FILE, read_papers
+    from .store.records import read_records
+    from .store.sqlite import ResultStore
     out = Path(args.out)
     if args.records:
-        records = exports.read_records(Path(args.records))
+        records = read_records(Path(args.records))
     else:
         store_path = Path(args.results) / "results.sqlite"
         if not store_path.is_file():
             raise BenchmarkError(f"no result store at {store_path}")
         with ResultStore(store_path) as store:
             records = store.records()
-    papers = Path(args.papers) if args.papers else out / exports.PAPERS_FILE
+    papers = Path(args.papers) if args.papers else out / PAPERS_FILE
     if args.papers and not papers.is_file():
         raise BenchmarkError(f"no paper results file at {papers}")
-    files = exports.build(records, exports.read_papers(papers) if papers.is_file() else None)
+    builtin = {n for n, e in load_plugins().methods.items() if e.distribution == BUILTIN_DISTRIBUTION}
+    files = exports.build(records, read_papers(papers) if papers.is_file() else None, builtin)
     if args.check:
         stale = exports.stale(files, out)
         for name in stale:
@@ -134,7 +144,7 @@ def cmd_check_plugin(args) -> int:
 
 
 def cmd_perf(args) -> int:
-    from . import perf
+    from .eval import perf
     if args.threads < 1:
         raise BenchmarkError(f"--threads must be at least 1, got {args.threads}")
     perf.main(quick=args.quick, scale=not args.no_scale, threads=args.threads)
@@ -142,7 +152,7 @@ def cmd_perf(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from . import datatools
+    from .data import tools as datatools
     if args.action == "info":
         problems = datatools.info(args.name, args.data_root, check_images=not args.no_images)
         return 1 if problems else 0
@@ -150,14 +160,15 @@ def cmd_data(args) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+def _list_parser(sub) -> None:
     listing = sub.add_parser("list", help="list registered methods and failed plugins")
     listing.add_argument("--builtin", action="store_true", help="only this project's methods")
     listing.add_argument("--names", action="store_true", help="print only a comma-separated list")
     listing.add_argument("--default-grid", action="store_true",
                          help="only the methods of the default leaderboard grid")
+
+
+def _run_parser(sub) -> None:
     run = sub.add_parser("run", help="train and evaluate methods x bits x seeds")
     run.add_argument("--methods", type=_name_list, required=True)
     run.add_argument("--dataset", default="cub100")
@@ -175,6 +186,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", default=None,
                      help="feature cache (default: $BENCHMARK_CACHE_DIR or ~/.cache/fghashbench)")
     run.add_argument("--no-progress", action="store_true")
+    _protocol_arguments(run)
+
+
+def _protocol_arguments(run) -> None:
     protocol = run.add_argument_group("protocols (every combination of the listed values is run)")
     protocol.add_argument("--noise", default=None, metavar="KIND:R[,R...]",
                           help="train-label noise, e.g. symmetric:0,0.2,0.5 or pairflip:0.4")
@@ -193,8 +208,14 @@ def parser() -> argparse.ArgumentParser:
                      help="backbone (registry BACKBONES): efficientnet_lite0, resnet18, resnet50")
     run.add_argument("--backbone-weights", default=None, metavar="PATH",
                      help="ImageNet checkpoint for the backbone (torchvision or mmpretrain format)")
+
+
+def _check_parser(sub) -> None:
     check = sub.add_parser("check-plugin", help="run the conformance kit on a method or plugin")
     check.add_argument("name", help="a method name or an entry-point (plugin) name")
+
+
+def _data_parser(sub) -> None:
     data = sub.add_parser("data", help="inspect (info) or fetch (download) a dataset")
     data.add_argument("action", choices=["info", "download"])
     data.add_argument("name", help="dataset name, e.g. cub200, aircraft, market1501")
@@ -204,6 +225,9 @@ def parser() -> argparse.ArgumentParser:
                       help="info: skip opening every image (truncation check)")
     data.add_argument("--url", default=None, help="download: a mirror of the official archive")
     data.add_argument("--md5", default=None, help="download: the MD5 the --url archive must have")
+
+
+def _leaderboard_parser(sub) -> None:
     board = sub.add_parser("leaderboard", help="write leaderboard markdown from a result store")
     source = board.add_mutually_exclusive_group()
     source.add_argument("--results", default="results", help="a results folder (SQLite store)")
@@ -216,6 +240,9 @@ def parser() -> argparse.ArgumentParser:
                        help="exit 1 when any file in --out (markdown, plots, records) differs "
                             "byte for byte from the regenerated one")
     board.add_argument("--print", action="store_true", help="also print the tables")
+
+
+def _perf_parser(sub) -> None:
     perf = sub.add_parser("perf", help="time evaluation and faiss search (ratios from one run)")
     perf.add_argument("--quick", action="store_true", help="toy sizes (seconds; for tests)")
     perf.add_argument("--no-scale", action="store_true",
@@ -223,6 +250,14 @@ def parser() -> argparse.ArgumentParser:
     perf.add_argument("--threads", type=int, default=1,
                       help="threads for evaluation and search throughput (default 1: like "
                            "for like with the single-threaded reference loop)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_list_parser, _run_parser, _check_parser, _data_parser, _leaderboard_parser,
+                _perf_parser):
+        add(sub)
     return p
 
 

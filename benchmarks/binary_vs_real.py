@@ -15,7 +15,7 @@ import argparse
 
 import numpy as np
 
-from benchmark import search
+from benchmark.eval import search
 
 K = 100
 

@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from tests.conftest import run_cli
-from benchmark.torchvision_compat import import_torchvision
+from benchmark.features.torchvision_compat import import_torchvision
 from plugins.a2net import A2Net, adsh_losses, balanced_similarity, decorrelation_loss, \
     solve_dcc
 from plugins.cmbh import (CMBH, CMBHBase, CMBHLayers, CMBHLayersTransfer, activation_map, crop,

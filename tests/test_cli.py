@@ -62,7 +62,7 @@ def test_list_shows_builtins_and_failed_plugins(plugin_site):
 
 
 def test_default_grid_lists_registered_builtins_without_ablation_variants():
-    from benchmark.exports import DEFAULT_GRID
+    from benchmark.grid.defaults import DEFAULT_GRID
     result = run_cli("list", "--default-grid", "--names")
     assert result.returncode == 0, result.stderr
     names = result.stdout.strip().split(",")

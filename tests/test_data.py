@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.data import build_dataset, load_cub_layout, render_synthetic
+from benchmark.data import build_dataset
+from benchmark.data.cub import load_cub_layout
+from benchmark.data.synthetic import render_synthetic
 from benchmark.errors import BenchmarkError, DataError
 from tests.conftest import DATA_ROOT, needs_cub100, run_cli
 

@@ -15,8 +15,8 @@ from scipy.io import savemat
 from benchmark.cli import main
 from benchmark.data import build_dataset
 from benchmark.errors import DataError
-from benchmark.runner import metrics_for
-from benchmark.protocols import Protocol, materialise
+from benchmark.run.execute import evaluate
+from benchmark.grid.protocols import Protocol, materialise
 
 
 def jpg(path: Path, colour=(90, 60, 30)):
@@ -170,10 +170,11 @@ def test_market1501_has_query_gallery_and_cameras(tmp_path):
     split = materialise(ds.labels, ds.is_train, ds.num_classes, Protocol(), 0,
                         query_mask=ds.query_mask, db_mask=ds.db_mask)
     assert len(split.db_index) == 4 and len(split.query_index) == 1
-    metrics = metrics_for(ds, split)
     codes = np.array([[0, 0], [1, 1], [0, 1], [1, 0], [0, 0]], dtype=np.uint8)
-    result = metrics(codes[:1], codes[1:], ds.labels[split.query_index], ds.labels[split.db_index])
-    assert "map" in result
+    result, pr = evaluate(ds, split, {"query_codes": codes[:1], "db_codes": codes[1:],
+                                      "query_labels": ds.labels[split.query_index],
+                                      "db_labels": ds.labels[split.db_index]})
+    assert "rank-1" in result and "map" in result and pr is None
 
 
 def test_data_info_reports_counts_and_every_problem(tmp_path, capsys):

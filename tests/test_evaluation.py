@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import evaluation
-from benchmark.evaluation import binarise, evaluate_codes, hamming_distances
+from benchmark.eval import metrics as evaluation, ranking, reid
+from benchmark.eval.metrics import binarise, evaluate_codes
+from benchmark.eval.ranking import hamming_distances
 
 
 def brute_force_ap(dist_row, relevant_row):
@@ -95,10 +96,10 @@ def random_case(seed, n_query=30, n_db=200, bits=8, classes=6):
 def test_every_ranking_metric_matches_brute_force(seed, bits, n_db, n_query, classes, small,
                                                   monkeypatch):
     if small:  # several database tiles, query chunks and blocks
-        monkeypatch.setattr(evaluation, "TILE_COLUMNS", 16)
-        monkeypatch.setattr(evaluation, "OFFSET_ELEMENTS", 512)
-        monkeypatch.setattr(evaluation, "COUNT_ELEMENTS", 256)
-        monkeypatch.setattr(evaluation, "BLOCK_ELEMENTS", 100)
+        monkeypatch.setattr(ranking, "TILE_COLUMNS", 16)
+        monkeypatch.setattr(ranking, "OFFSET_ELEMENTS", 512)
+        monkeypatch.setattr(ranking, "COUNT_ELEMENTS", 256)
+        monkeypatch.setattr(ranking, "BLOCK_ELEMENTS", 100)
     q, d, ql, dl, dist = random_case(seed, n_query=n_query, n_db=n_db, bits=bits, classes=classes)
     lists = [sorted_relevance(dist[i], dl == ql[i]) for i in range(len(q))]
     result = evaluation.evaluate_retrieval(q, d, ql, dl)
@@ -204,7 +205,7 @@ def test_reid_hand_computed_fixture():
     codes = lambda texts: np.array([[int(c) for c in t] for t in texts], dtype=np.uint8)
     g_codes = codes([g[2] for g in gallery])
     q_codes = codes(["0000", "0000", "1110"])
-    m = evaluation.evaluate_reid(q_codes, g_codes, np.array([1, 2, 3]), np.array([g[0] for g in gallery]),
+    m = reid.evaluate_reid(q_codes, g_codes, np.array([1, 2, 3]), np.array([g[0] for g in gallery]),
                                  np.array([1, 2, 2]), np.array([g[1] for g in gallery]))
     # A: junk removed, ranking 2, 3, 4, 5, 6 -> good at ranks 2 and 4: AP (1/2 + 2/4)/2, first hit 2
     # B: its only same-id item is junk -> no good match: AP 0, counted
@@ -228,7 +229,7 @@ def test_reid_matches_a_sorting_implementation_of_the_protocol():
         good = [bool(gid[j] == qid[i]) for j in order]
         aps.append(ap_of(good))
         firsts.append(good.index(True) + 1 if any(good) else np.inf)
-    m = evaluation.evaluate_reid(q, g, qid, gid, qcam, gcam)
+    m = reid.evaluate_reid(q, g, qid, gid, qcam, gcam)
     assert m["map"] == pytest.approx(np.mean(aps), abs=1e-12)
     for k in (1, 5, 10):
         assert m[f"rank-{k}"] == pytest.approx(np.mean(np.array(firsts) <= k), abs=1e-12)

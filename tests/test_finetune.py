@@ -6,11 +6,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from benchmark.backbones import build_backbone
+from benchmark.features.backbones import build_backbone
 from benchmark.data import build_dataset
-from benchmark.finetune import run_finetune
+from benchmark.run.inputs import FinetuneInputs
+from benchmark.run.method_run import run_method
 from benchmark.method import HashMethod
-from benchmark.protocols import Protocol, materialise
+from benchmark.grid.protocols import Protocol, materialise
 from tests.conftest import run_cli
 from tests.test_data import make_cub
 
@@ -51,7 +52,8 @@ def test_finetune_feeds_the_declared_inputs_from_augmented_images(tmp_path):
             "epochs": 1, "protocol": Protocol().spec()}
     request = SimpleNamespace(backbone_weights=str(weights), on_bad_image="fail")
     ImageSpy.seen = []
-    result = run_finetune(ImageSpy, spec, ds, split, request)
+    source = FinetuneInputs(ImageSpy, split, ds, spec, request)
+    result = run_method(ImageSpy, {}, source, ds.labels, ds.num_classes, 8, seed=0, epochs=1)
     assert result["codes"]["query_codes"].shape == (8, 8)
     assert result["codes"]["db_codes"].shape == (16, 8)
     first = ImageSpy.seen[0]

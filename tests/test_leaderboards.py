@@ -5,8 +5,9 @@ import sqlite3  # noqa: F401  (the store is SQLite; records are written through 
 
 import pytest
 
-from benchmark import exports
-from benchmark.store import ResultStore
+from benchmark.report import files as exports, papers
+from benchmark.store import records as records_io
+from benchmark.store.sqlite import ResultStore
 from tests.conftest import ROOT, run_cli
 
 LEADERBOARDS = ROOT / "leaderboards"
@@ -31,7 +32,7 @@ def fake_record(method, bits, seed, map_value, dataset="toy", noise=None, status
 
 
 def test_timing_footnote_states_the_load_while_timing_when_recorded():
-    from benchmark.leaderboard import render_table
+    from benchmark.report.tables import render_table
     records = [fake_record("dsh", 12, s, 0.3) for s in (0, 1)]
     assert "load average" not in render_table(records)  # older records: nothing claimed
     for record, load in zip(records, (0.8, 6.25)):
@@ -49,15 +50,15 @@ def grid(noise=None):
 
 def test_records_export_is_sorted_rounded_stable_and_round_trips():
     records = grid()
-    text = exports.dumps_records(list(reversed(records)))
+    text = records_io.dumps_records(list(reversed(records)))
     lines = [json.loads(line) for line in text.splitlines()]
     assert len(lines) == 8 and [r["run_id"] for r in lines] == sorted(r["run_id"] for r in lines)
     assert all("wall_time" not in r and r["status"] == "ok" for r in lines)
     assert lines[0]["provenance"]["loss_history"] == [0.333333, 0.25]
     assert all(len(repr(r["metrics"]["map"]).lstrip("0.")) <= 6 for r in lines)
     # the same records with different wall times give the same bytes; a round trip is a no-op
-    assert exports.dumps_records(grid()) == text
-    assert exports.dumps_records(exports.loads_records(text)) == text
+    assert records_io.dumps_records(grid()) == text
+    assert records_io.dumps_records(records_io.loads_records(text)) == text
 
 
 def test_build_is_deterministic_and_check_catches_every_kind_of_drift(tmp_path):
@@ -115,15 +116,15 @@ def test_index_states_the_protocol_of_each_table():
 
 
 def test_paper_rows_are_separate_and_cited():
-    rows = exports.read_papers(LEADERBOARDS / exports.PAPERS_FILE)
+    rows = papers.read_papers(LEADERBOARDS / papers.PAPERS_FILE)
     assert rows and all(row["citation"] and row["table"] for row in rows)
     cmbh_cub = [r for r in rows if r["method"] == "CMBH" and r["table"] == "Table 2"
                 and r["dataset"] == "CUB-200-2011"]
     assert cmbh_cub[0]["map"] == {"12": 84.07, "24": 85.79, "32": 86.21, "48": 86.47}
     files = exports.build(grid(), rows)
-    papers = files["papers.md"].decode()
-    assert papers.startswith("# Quoted from papers (not reproduced here)")
-    assert "| CMBH | 84.07 | 85.79 | 86.21 | 86.47 | `cmbh` |" in papers
+    quoted = files["papers.md"].decode()
+    assert quoted.startswith("# Quoted from papers (not reproduced here)")
+    assert "| CMBH | 84.07 | 85.79 | 86.21 | 86.47 | `cmbh` |" in quoted
     page = files["toy.md"].decode()
     assert "84.07" not in page and "papers.md" in page and "reproduced here" in page
 

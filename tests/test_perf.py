@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark import evaluation, leaderboard, perf, profiling
+from benchmark.eval import metrics as evaluation, perf, profiling
+from benchmark.report import tables as leaderboard
 from benchmark.method import HashMethod
 from tests.conftest import run_cli
 

@@ -9,15 +9,17 @@ import torch
 
 from benchmark.cli import main
 from benchmark.data import build_dataset
-from benchmark.leaderboard import render_all
-from benchmark.store import ResultStore
-from benchmark.engine import TrainData, run_method
+from benchmark.report.tables import render_all
+from benchmark.store.sqlite import ResultStore
+from benchmark.run.loop import TrainData
+from benchmark.run.inputs import FrozenInputs
+from benchmark.run.method_run import run_method
 from benchmark.errors import BenchmarkError
-from benchmark.features import Features
+from benchmark.features.cache import Features
 from benchmark.method import HashMethod
-from benchmark.protocols import (Protocol, corrupt_labels, expand_grid, long_tail_counts,
-                                 macro_map, materialise)
-from benchmark.evaluation import evaluate_codes, evaluate_retrieval
+from benchmark.grid.protocols import (Protocol, corrupt_labels, expand_grid, long_tail_counts,
+                                      materialise)
+from benchmark.eval.metrics import evaluate_codes, evaluate_retrieval
 from tests.conftest import DATA_ROOT, needs_cub100, run_cli
 
 C, TRAIN, TEST = 12, 20, 10
@@ -114,7 +116,7 @@ def test_macro_map_averages_per_class():
     ap = (hits / np.arange(1, 51) * relevant).sum(1) / np.maximum(hits[:, -1], 1)
     assert ap == pytest.approx(evaluate_retrieval(q, d, ql, dl).per_query_ap)
     assert ap.mean() == pytest.approx(evaluate_codes(q, d, ql, dl)["map"])
-    assert macro_map(q, d, ql, dl) == pytest.approx(np.mean([ap[ql == c].mean() for c in range(3)]))
+    assert evaluate_codes(q, d, ql, dl)["macro_map"] == pytest.approx(np.mean([ap[ql == c].mean() for c in range(3)]))
 
 
 class Spy(HashMethod):
@@ -150,8 +152,7 @@ def test_methods_get_only_noisy_train_labels_and_per_sample_resolutions():
     split = split_of(noise="symmetric:0.5")
     Spy.seen = []
     full, half = fake_features(1), fake_features(2)
-    run_method(Spy, {}, full, LABELS, IS_TRAIN, C, 8, seed=0, split=split,
-               resolution_features={2: half})
+    run_method(Spy, {}, FrozenInputs(Spy, split, {1: full, 2: half}), LABELS, C, 8, seed=0)
     ratios = []
     for batch in Spy.seen:
         index = batch["indices"].numpy()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from benchmark import search
+from benchmark.eval import search
 
 
 def hamming(q, d):

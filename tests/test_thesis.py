@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from benchmark.engine import TrainData, train
+from benchmark.run.loop import TrainData, train
 from plugins.thesis_blocks import centre_loss, select_dimensions
 from plugins.thesis_mad import ThesisMAD
 from plugins.thesis_msd import DualPathStage, diversity_loss, gate_loss

@@ -42,5 +42,5 @@ class DLBHC(HashMethod):
 
 
 @hookimpl
-def benchmark_methods():
-    return [DLBHC]
+def register_methods(register):
+    register(DLBHC)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import BenchmarkError
+from ..errors import BenchmarkError
 
 NOISE_KINDS = ("symmetric", "pairflip")
 # Independent seeded streams per step, so one step's draws never shift another's.
@@ -128,6 +128,14 @@ class Protocol:
                 "val_frac": _canonical_number(self.val_frac)}
 
 
+def protocol_label(protocol: dict) -> str:
+    """The switched-on fields of a protocol spec (those differing from the clean protocol),
+    e.g. "noise=symmetric:0.5"; "clean" when none is."""
+    clean = Protocol().spec()
+    parts = [f"{k}={v}" for k, v in sorted(protocol.items()) if k in clean and v != clean[k]]
+    return ", ".join(parts) or "clean"
+
+
 # ---------------------------------------------------------------- materialisation
 
 def _rng(seed: int, step: str) -> np.random.Generator:
@@ -211,11 +219,6 @@ class Split:
     val_labels: np.ndarray       # validation labels (after the same noise)
     facts: dict = field(default_factory=dict)
 
-    def mask(self, n: int, which: str) -> np.ndarray:
-        out = np.zeros(n, dtype=bool)
-        out[getattr(self, f"{which}_index")] = True
-        return out
-
 
 def materialise(labels: np.ndarray, is_train: np.ndarray, num_classes: int,
                 protocol: Protocol, seed: int, query_mask: np.ndarray | None = None,
@@ -259,12 +262,3 @@ def materialise(labels: np.ndarray, is_train: np.ndarray, num_classes: int,
     facts["counts"] = {"train": len(train_index), "val": len(val_index),
                        "query": len(query_index), "database": len(db_index)}
     return split
-
-
-# ---------------------------------------------------------------- macro mAP
-
-def macro_map(query_codes, db_codes, query_labels, db_labels) -> float:
-    """Per-class averaged mAP: mean over classes of the mean AP of that class's queries."""
-    from .evaluation import evaluate_retrieval
-    ap = evaluate_retrieval(query_codes, db_codes, query_labels, db_labels).per_query_ap
-    return float(np.mean([ap[query_labels == c].mean() for c in np.unique(query_labels)]))

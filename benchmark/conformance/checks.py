@@ -3,7 +3,8 @@
 Every check runs on tiny synthetic tensors of the shapes the method declares (no images,
 no backbone): ``PROBE_CLASSES`` classes, each a random prototype per input plus noise, so
 a method can learn something in a few steps. The harness's own code paths are used
-(``engine.run_method`` trains or fits, encodes and binarises exactly as a real run does).
+(``run.method_run.run_method`` trains or fits, encodes and binarises exactly as a real run
+does; the probe data is in :mod:`.probe`).
 
 A check is a function ``check(method)`` where ``method`` is a method class or the name of
 a registered method; it returns a one-line detail on success and raises
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,24 +32,14 @@ import torch
 from registry import load_plugins
 from registry.loading import one_line
 
-from .backbones import EfficientNetLite0
-from .engine import TrainData, build_optimizer, encode_all, run_method, seed_everything
-from .method import INPUT_NAMES, HashMethod
-from .profiling import count_macs, count_params
-
-PROBE_CLASSES = 4
-PROBE_TRAIN_PER_CLASS = 8
-PROBE_QUERY_PER_CLASS = 4
-PROBE_BITS = (12, 32)
-PROBE_EPOCHS = 2
-PROBE_STEPS = 5
-PROBE_SEED = 0
-PROBE_INPUT_SIZE = 64
-STRIDES = {"s8": 8, "s16": 16, "s32": 32}
-
-
-class ConformanceError(AssertionError):
-    """A method breaks the contract; the message says how."""
+from ..eval.metrics import map_real_valued
+from ..eval.profiling import count_macs, count_params
+from ..method import INPUT_NAMES, HashMethod
+from ..run.encode import encode_all
+from ..run.loop import TrainData, build_optimizer, overrides, seed_everything
+from .probe import (PROBE_BITS, PROBE_CLASSES, PROBE_SEED, PROBE_STEPS, ConformanceError,
+                    PROBE_IS_TRAIN, PROBE_LABELS, probe_features, probe_input_shapes, probe_run,
+                    resolve_method)
 
 
 @dataclass(frozen=True)
@@ -57,120 +47,6 @@ class CheckResult:
     check: str
     passed: bool
     detail: str
-
-
-# ----------------------------------------------------------------------------- probe data
-
-def probe_shapes(size: int = PROBE_INPUT_SIZE) -> dict[str, tuple]:
-    """Per-sample shapes of every input the harness provides at ``size`` px (the frozen
-    backbone's stage maps and pooled feature, and the image batch for ``"images"``)."""
-    shapes = {name: (channels, size // STRIDES[name], size // STRIDES[name])
-              for name, channels in EfficientNetLite0.stage_channels.items()}
-    shapes["pooled"] = (EfficientNetLite0.feature_dim,)
-    shapes["images"] = (3, size, size)
-    return shapes
-
-
-class _ProbeArrays(Mapping):
-    """Input name -> (N, *shape) tensor, generated on first use: a random prototype per
-    class plus noise (``noise`` sets its scale), through swish like the backbone's outputs."""
-
-    def __init__(self, labels: np.ndarray, seed: int, noise: float):
-        self.labels, self.seed, self.noise = labels, seed, noise
-        self.shapes = probe_shapes()
-        self.made: dict[str, torch.Tensor] = {}
-
-    def __getitem__(self, name):
-        if name not in self.made:
-            shape = self.shapes[name]
-            index = sorted(self.shapes).index(name)
-            prototypes = torch.randn((PROBE_CLASSES,) + shape,
-                                     generator=torch.Generator().manual_seed(self.seed + index))
-            noise = torch.randn((len(self.labels),) + shape,
-                                generator=torch.Generator().manual_seed(self.seed + 100 + index))
-            self.made[name] = torch.nn.functional.silu(prototypes[self.labels] + self.noise * noise)
-        return self.made[name]
-
-    def __iter__(self):
-        return iter(self.shapes)
-
-    def __len__(self):
-        return len(self.shapes)
-
-
-class ProbeFeatures:
-    """Synthetic stand-in for :class:`benchmark.features.Features` (same ``select``)."""
-
-    def __init__(self, labels: np.ndarray, seed: int = 1234, noise: float = 0.5):
-        self.arrays = _ProbeArrays(labels, seed, noise)
-
-    def select(self, names, index) -> dict[str, torch.Tensor]:
-        index = torch.as_tensor(np.asarray(index))
-        return {n: self.arrays[n][index] for n in names}
-
-
-def probe_split() -> tuple[np.ndarray, np.ndarray]:
-    """Labels and train flags: every class has train and query samples."""
-    per_class = PROBE_TRAIN_PER_CLASS + PROBE_QUERY_PER_CLASS
-    labels = np.repeat(np.arange(PROBE_CLASSES), per_class)
-    is_train = np.tile(np.arange(per_class) < PROBE_TRAIN_PER_CLASS, PROBE_CLASSES)
-    return labels, is_train
-
-
-_LABELS, _IS_TRAIN = probe_split()
-_FEATURES: ProbeFeatures | None = None
-_RUNS: dict[tuple, object] = {}
-
-
-def _features() -> ProbeFeatures:
-    global _FEATURES
-    if _FEATURES is None:
-        _FEATURES = ProbeFeatures(_LABELS)
-    return _FEATURES
-
-
-def probe_run(method_cls, bits: int, seed: int = PROBE_SEED, fresh: bool = False) -> dict:
-    """``engine.run_method`` on the probe data (cached per class, bits and seed)."""
-    key = (method_cls, bits, seed)
-    if fresh or key not in _RUNS:
-        options = {}
-        factors = tuple(getattr(method_cls, "train_resolutions", (1,)) or (1,))
-        if factors != (1,):  # lower resolution = noisier probe inputs, same prototypes
-            options["resolution_features"] = {f: ProbeFeatures(_LABELS, noise=0.5 * f)
-                                              for f in factors if f != 1}
-        try:
-            outcome = run_method(method_cls, {}, _features(), _LABELS, _IS_TRAIN,
-                                 num_classes=PROBE_CLASSES, bits=bits, seed=seed,
-                                 epochs=PROBE_EPOCHS, **options)
-        except Exception as exc:  # noqa: BLE001 - reported as the check's reason
-            outcome = exc
-        if fresh:
-            return _unwrap(outcome, bits)
-        _RUNS[key] = outcome
-    return _unwrap(_RUNS[key], bits)
-
-
-def _unwrap(outcome, bits):
-    if isinstance(outcome, BaseException):
-        raise ConformanceError(f"a {bits}-bit probe run failed: {one_line(outcome)}")
-    return outcome
-
-
-def _resolve(method) -> type:
-    if isinstance(method, str):
-        plugins = load_plugins()
-        if method in plugins.methods:
-            return plugins.methods[method].cls
-        failed = {f.plugin: f.reason for f in plugins.failures}
-        if method in failed:
-            raise ConformanceError(f"plugin {method!r} failed to load: {failed[method]}")
-        raise ConformanceError(f"no registered method {method!r}")
-    return method
-
-
-def _shapes_of(method_cls) -> dict[str, tuple]:
-    shapes = probe_shapes()
-    return {n: shapes[n] for n in INPUT_NAMES[method_cls.inputs]}
 
 
 class _EncodePath(torch.nn.Module):
@@ -184,10 +60,6 @@ class _EncodePath(torch.nn.Module):
         return self.method.encode(dict(zip(self.names, tensors)))
 
 
-def _overrides(cls, attribute: str) -> bool:
-    return getattr(cls, attribute) is not getattr(HashMethod, attribute)
-
-
 # ----------------------------------------------------------------------------- the checks
 
 def check_entry_point(method) -> str:
@@ -198,7 +70,7 @@ def check_entry_point(method) -> str:
     plugins = load_plugins()
     entry = plugins.methods.get(method)
     if entry is None:
-        _resolve(method)  # raises with the plugin's failure or "no registered method"
+        resolve_method(method)  # raises with the plugin's failure or "no registered method"
     if not (inspect.isclass(entry.cls) and issubclass(entry.cls, HashMethod)):
         raise ConformanceError(f"entry point {entry.plugin!r} gave {entry.cls!r}, "
                                f"not a HashMethod subclass")
@@ -213,7 +85,7 @@ def check_entry_point(method) -> str:
 
 def check_contract(method) -> str:
     """Class attributes are well-formed and the class builds with the harness's arguments."""
-    cls = _resolve(method)
+    cls = resolve_method(method)
     if not (inspect.isclass(cls) and issubclass(cls, HashMethod)):
         raise ConformanceError(f"{cls!r} is not a subclass of benchmark.method.HashMethod")
     name = getattr(cls, "name", None)
@@ -225,7 +97,7 @@ def check_contract(method) -> str:
             raise ConformanceError(f"`{flag}` must be a bool, got {getattr(cls, flag)!r}")
     if cls.inputs not in INPUT_NAMES:
         raise ConformanceError(f"`inputs` is {cls.inputs!r}; supported: {', '.join(INPUT_NAMES)}")
-    if not _overrides(cls, "encode"):
+    if not overrides(cls, "encode"):
         raise ConformanceError("`encode` is not implemented")
     if cls.trainable:
         config = cls.train_config
@@ -236,12 +108,12 @@ def check_contract(method) -> str:
         if not (isinstance(config["batch_size"], int) and config["batch_size"] >= 2):
             raise ConformanceError(f"train_config batch_size must be an int >= 2, "
                                    f"got {config['batch_size']!r}")
-        if not _overrides(cls, "loss"):
+        if not overrides(cls, "loss"):
             raise ConformanceError("trainable but `loss` is not implemented")
-    elif not _overrides(cls, "fit"):
+    elif not overrides(cls, "fit"):
         raise ConformanceError("closed-form (trainable = False) but `fit` is not implemented")
     try:
-        instance = cls(bits=PROBE_BITS[0], num_classes=PROBE_CLASSES, input_shapes=_shapes_of(cls))
+        instance = cls(bits=PROBE_BITS[0], num_classes=PROBE_CLASSES, input_shapes=probe_input_shapes(cls))
     except Exception as exc:  # noqa: BLE001
         raise ConformanceError(f"cls(bits=, num_classes=, input_shapes=) raised {one_line(exc)}")
     if cls.trainable:
@@ -258,12 +130,12 @@ def check_contract(method) -> str:
 
 def check_parameters_reported(method) -> str:
     """The profiler counts the method's parameters and traces its encode path for MACs."""
-    cls = _resolve(method)
+    cls = resolve_method(method)
     trained = probe_run(cls, PROBE_BITS[0])["method"]
     params = count_params(trained, buffers=True)
     if params <= 0:
         raise ConformanceError("the method holds no parameters or buffers to report")
-    shapes = _shapes_of(cls)
+    shapes = probe_input_shapes(cls)
     example = tuple(torch.zeros((1,) + shapes[n]) for n in shapes)
     trained.eval()
     try:
@@ -279,22 +151,22 @@ def _untrained_encode(cls, bits: int):
     encode the probe queries through the harness's ``encode_all``."""
     seed_everything(PROBE_SEED)
     names = INPUT_NAMES[cls.inputs]
-    method = cls(bits=bits, num_classes=PROBE_CLASSES, input_shapes=_shapes_of(cls))
+    method = cls(bits=bits, num_classes=PROBE_CLASSES, input_shapes=probe_input_shapes(cls))
     if not cls.trainable:
-        train_index = np.flatnonzero(_IS_TRAIN)
+        train_index = np.flatnonzero(PROBE_IS_TRAIN)
         with torch.no_grad():
-            method.eval().fit(_features().select(names, train_index),
-                              torch.from_numpy(_LABELS[train_index]) if cls.supervised else None)
-    return encode_all(method, _features().select(names, np.flatnonzero(~_IS_TRAIN)))
+            method.eval().fit(probe_features().select(names, train_index),
+                              torch.from_numpy(PROBE_LABELS[train_index]) if cls.supervised else None)
+    return encode_all(method, probe_features().select(names, np.flatnonzero(~PROBE_IS_TRAIN)))
 
 
 def check_codes_shape_and_binarised(method) -> str:
     """``encode`` gives finite real values of shape (N, bits); the harness turns them into
     0/1 uint8 codes, which after the probe run are not all the same. Checked on the trained
     probe run at the first probed bit length and untrained at the others."""
-    cls = _resolve(method)
+    cls = resolve_method(method)
     run = probe_run(cls, PROBE_BITS[0])
-    query = _features().select(INPUT_NAMES[cls.inputs], np.flatnonzero(~_IS_TRAIN))
+    query = probe_features().select(INPUT_NAMES[cls.inputs], np.flatnonzero(~PROBE_IS_TRAIN))
     with torch.no_grad():
         values = run["method"].eval().encode(query)
     if not (isinstance(values, torch.Tensor) and values.is_floating_point()):
@@ -321,7 +193,7 @@ def check_codes_shape_and_binarised(method) -> str:
 def check_real_valued(method) -> str:
     """The optional ``real_valued`` feature, when a method has one, is a finite float (N, D)
     array for the same N samples as the codes, and is evaluated (``map_real``)."""
-    cls = _resolve(method)
+    cls = resolve_method(method)
     run = probe_run(cls, PROBE_BITS[0])
     real = run.get("real")
     if real is None:
@@ -332,16 +204,18 @@ def check_real_valued(method) -> str:
         if values.ndim != 2 or len(values) != rows or not np.isfinite(values).all():
             raise ConformanceError(f"real_valued must give finite (N, D) features; the "
                                    f"{side} side has shape {values.shape}, expected ({rows}, D)")
-    return f"(N, {real['db'].shape[1]}) features, cosine mAP {run['metrics']['map_real']:.3f}"
+    codes = run["codes"]
+    score = map_real_valued(real["query"], real["db"], codes["query_labels"], codes["db_labels"])
+    return f"(N, {real['db'].shape[1]}) features, cosine mAP {score:.3f}"
 
 
 def check_encode_without_labels(method) -> str:
     """``encode`` takes only the declared inputs (no labels), in eval mode, and each sample's
     output does not depend on the rest of its batch or on earlier calls."""
-    cls = _resolve(method)
+    cls = resolve_method(method)
     trained = probe_run(cls, PROBE_BITS[0])["method"].eval()
     names = INPUT_NAMES[cls.inputs]
-    inputs = _features().select(names, np.flatnonzero(~_IS_TRAIN))
+    inputs = probe_features().select(names, np.flatnonzero(~PROBE_IS_TRAIN))
     try:
         with torch.no_grad():
             batch = trained.encode(dict(inputs))
@@ -361,7 +235,7 @@ def check_encode_without_labels(method) -> str:
 
 def check_same_seed_same_codes(method) -> str:
     """Two runs with the same seed give byte-identical codes."""
-    cls = _resolve(method)
+    cls = resolve_method(method)
     first = probe_run(cls, PROBE_BITS[0])["codes"]
     second = probe_run(cls, PROBE_BITS[0], fresh=True)["codes"]
     for key in ("query_codes", "db_codes"):
@@ -373,9 +247,9 @@ def check_same_seed_same_codes(method) -> str:
 
 
 def _probe_batch(cls) -> dict:
-    train_index = np.flatnonzero(_IS_TRAIN)[: cls.train_config["batch_size"]]
-    batch = {"inputs": _features().select(INPUT_NAMES[cls.inputs], train_index),
-             "labels": torch.from_numpy(_LABELS[train_index]),
+    train_index = np.flatnonzero(PROBE_IS_TRAIN)[: cls.train_config["batch_size"]]
+    batch = {"inputs": probe_features().select(INPUT_NAMES[cls.inputs], train_index),
+             "labels": torch.from_numpy(PROBE_LABELS[train_index]),
              "indices": torch.arange(len(train_index))}
     if tuple(getattr(cls, "train_resolutions", (1,)) or (1,)) != (1,):
         batch["resolution"] = torch.ones(len(train_index))  # full resolution
@@ -400,7 +274,7 @@ def check_losses_finite_and_decreasing(method) -> str:
     gradient, and ``PROBE_STEPS`` steps of the method's own optimiser on one fixed batch
     lower their sum (after ``on_epoch_start(0, data)``; closed-form: not applicable). The
     probe run's epoch losses must be finite too."""
-    cls = _resolve(method)
+    cls = resolve_method(method)
     if not cls.trainable:
         return "not applicable: closed-form method (fit)"
     history = probe_run(cls, PROBE_BITS[0])["history"]
@@ -408,10 +282,10 @@ def check_losses_finite_and_decreasing(method) -> str:
         raise ConformanceError(f"non-finite epoch loss in the probe run: {history}")
     seed_everything(PROBE_SEED)
     names = INPUT_NAMES[cls.inputs]
-    model = cls(bits=PROBE_BITS[0], num_classes=PROBE_CLASSES, input_shapes=_shapes_of(cls))
-    train_index = np.flatnonzero(_IS_TRAIN)
-    data = TrainData(_features().select(names, train_index),
-                     torch.from_numpy(_LABELS[train_index]), cls.train_config["batch_size"])
+    model = cls(bits=PROBE_BITS[0], num_classes=PROBE_CLASSES, input_shapes=probe_input_shapes(cls))
+    train_index = np.flatnonzero(PROBE_IS_TRAIN)
+    data = TrainData(probe_features().select(names, train_index),
+                     torch.from_numpy(PROBE_LABELS[train_index]), cls.train_config["batch_size"])
     model.eval()
     with torch.no_grad():
         model.on_epoch_start(0, data)

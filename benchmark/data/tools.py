@@ -12,8 +12,38 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .data import build_dataset, open_rgb, resolve_data_root
-from .errors import BenchmarkError, DataError
+from .images import build_dataset, resolve_data_root
+from .official import FOLDERS
+from ..errors import BenchmarkError, DataError
+
+
+# name -> list of (url, md5); the archives unpack into the data root (FOLDERS[name]).
+OFFICIAL_ARCHIVES = {
+    "cub200": [("https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
+                "97eceeb196236b17998738112f37df78")],
+    "aircraft": [("https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/"
+                  "fgvc-aircraft-2013b.tar.gz", "d4acdd33327262359767eeaa97a4f732")],
+    "flowers102": [("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
+                    "52808999861908f626f3c1f4e79d11fa"),
+                   ("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat",
+                    "e0620be6f572b9609742df49c70aed4d"),
+                   ("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/setid.mat",
+                    "a5357ecc9cb78c4bef273ce3793fc85c")],
+    "food101": [("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz",
+                 "85eeb15f3717b99a5da872d97d918f87")],
+}
+NO_ARCHIVE = {
+    "cub100": "cub100 is a subset made for this project; it is not downloadable",
+    "cars": "the official Stanford Cars URL is gone; place the devkit, cars_train/ and "
+            "cars_test/ (with cars_test_annos_withlabels.mat) in stanford_cars/",
+    "dogs": "download images.tar and lists.tar from the Stanford Dogs page and unpack both "
+            "into stanford_dogs/",
+    "nabirds": "NABirds is distributed after accepting the Cornell Lab's terms of use",
+    "vegfru": "VegFru is distributed from its authors' file-sharing link",
+    "sop": "unpack Stanford_Online_Products.zip from the Stanford CVGL page",
+    "market1501": "Market-1501 is distributed from its authors' file-sharing link",
+    "synthetic-fg": "synthetic-fg is generated; it needs no download",
+}
 
 
 def info(name: str, data_root=None, check_images: bool = True, out=print) -> int:
@@ -80,7 +110,6 @@ def download(name: str, data_root=None, url: str | None = None, md5: str | None 
              out=print) -> list[Path]:
     """Fetch the official archive(s) of ``name`` (or ``url`` with its ``md5``), verify the
     MD5, unpack into the data root; return the files fetched."""
-    from .datasets import FOLDERS, NO_ARCHIVE, OFFICIAL_ARCHIVES
     if url:
         if not md5:
             raise BenchmarkError("--url needs --md5 (the archive's checksum)")

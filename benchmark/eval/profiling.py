@@ -28,7 +28,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from .backbones import build_backbone
+from ..features.backbones import build_backbone
 
 LATENCY_REPEATS = 10
 THROUGHPUT_BATCH = 64

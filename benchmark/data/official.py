@@ -6,10 +6,6 @@ naming file and line; missing images and classes without training images too, un
 ``strict=False``, which collects them in ``ImageSet.problems`` for ``data info``) and
 returns an :class:`~benchmark.data.ImageSet`. Train/test are the official splits; where
 an official validation split exists it is merged into train (the hashing convention).
-
-``OFFICIAL_ARCHIVES`` lists, per dataset, the official download URLs with their MD5 sums
-(used by ``data download``); datasets distributed only after a licence form or from a
-file-sharing service have none there and say where to get them.
 """
 from __future__ import annotations
 
@@ -20,42 +16,13 @@ import numpy as np
 
 from registry import DATASETS
 
-from .data import ImageSet, check_images, dataset_folder, hash_files, open_rgb
-from .errors import DataError
+from .images import ImageSet, check_images, dataset_folder, hash_files, open_rgb
+from ..errors import DataError
 
 FOLDERS = {"cub200": "CUB_200_2011", "aircraft": "fgvc-aircraft-2013b", "cars": "stanford_cars",
            "dogs": "stanford_dogs", "flowers102": "flowers102", "food101": "food-101",
            "nabirds": "nabirds", "vegfru": "vegfru", "sop": "Stanford_Online_Products",
            "market1501": "Market-1501-v15.09.15", "cub100": "cub100"}
-
-# name -> list of (url, md5); the archives unpack into the data root (FOLDERS[name]).
-OFFICIAL_ARCHIVES = {
-    "cub200": [("https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
-                "97eceeb196236b17998738112f37df78")],
-    "aircraft": [("https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/"
-                  "fgvc-aircraft-2013b.tar.gz", "d4acdd33327262359767eeaa97a4f732")],
-    "flowers102": [("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
-                    "52808999861908f626f3c1f4e79d11fa"),
-                   ("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat",
-                    "e0620be6f572b9609742df49c70aed4d"),
-                   ("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/setid.mat",
-                    "a5357ecc9cb78c4bef273ce3793fc85c")],
-    "food101": [("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz",
-                 "85eeb15f3717b99a5da872d97d918f87")],
-}
-NO_ARCHIVE = {
-    "cub100": "cub100 is a subset made for this project; it is not downloadable",
-    "cars": "the official Stanford Cars URL is gone; place the devkit, cars_train/ and "
-            "cars_test/ (with cars_test_annos_withlabels.mat) in stanford_cars/",
-    "dogs": "download images.tar and lists.tar from the Stanford Dogs page and unpack both "
-            "into stanford_dogs/",
-    "nabirds": "NABirds is distributed after accepting the Cornell Lab's terms of use",
-    "vegfru": "VegFru is distributed from its authors' file-sharing link",
-    "sop": "unpack Stanford_Online_Products.zip from the Stanford CVGL page",
-    "market1501": "Market-1501 is distributed from its authors' file-sharing link",
-    "synthetic-fg": "synthetic-fg is generated; it needs no download",
-}
-
 
 def _lines(path: Path) -> list[str]:
     if not path.is_file():

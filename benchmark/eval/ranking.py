@@ -1,24 +1,4 @@
-"""Retrieval metrics from binary codes: exact, named, and computed without sorting.
-
-Ranking: database items ordered by Hamming distance to the query, ties broken by database
-index (a stable order), so every metric is a deterministic function of the codes. All
-metrics of a query set come from one pass (:func:`evaluate_retrieval`):
-
-* ``map``: mean over queries of AP@all = (1/R) sum_k P(k) rel(k) over the full ranking
-  (R = relevant items in the database).
-* ``map_tie_aware``: the expected AP when the order inside each group of equal distance is
-  uniformly random (He et al., "Hashing as Tie-Aware Learning to Rank", CVPR 2018); closed
-  form in :func:`_tie_aware_ap`.
-* ``map@k_retrieved``: AP over the top k divided by the relevant items *in the top k* (the
-  hashing repositories' mAP@k); ``map@k_all``: the same sum divided by *all* R relevant
-  items (mmpretrain's ``RetrievalAveragePrecision``).
-* ``p@k``: relevant items among the first k, divided by k (even when k exceeds the database).
-* ``p@r2``: precision of the items within Hamming radius 2; a query with an empty radius-2
-  ball scores 0 and is counted in ``queries_empty_r2``.
-* precision-recall by Hamming radius r = 0..bits (``RetrievalResult.pr``): mean precision
-  over the queries that retrieve at least one item within r, mean recall over the queries
-  with R > 0.
-* A query with R = 0 scores AP 0 (in every mAP) and is counted in ``queries_without_relevant``.
+"""The Hamming ranking behind every metric, exact and without sorting.
 
 How it avoids sorting: distances are integers in [0, bits]. The rank of database item j is
 ``#{i: d_i < d_j} + #{i < j: d_i = d_j} + 1``. The first term comes from a per-query
@@ -32,26 +12,16 @@ chunks and the database in tiles, so memory is bounded for any database size.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-PRECISION_AT = (10, 100)
-MAP_AT = (100, 1000)
-RADIUS = 2
 OFFSET_ELEMENTS = 1 << 22  # (label, database column) segment offsets per chunk of queries
 TILE_COLUMNS = 8192  # database columns per tile when the database is larger than 4 tiles
 BLOCK_ELEMENTS = 1 << 18  # query-item pairs whose keys are made and counted at once
 COUNT_ELEMENTS = 1 << 21  # (query, segment, distance) counters per chunk of queries
 MAX_COUNT_ELEMENTS = 1 << 27  # a label with more members than this allows is refused
-
-
-def binarise(values: torch.Tensor) -> np.ndarray:
-    """Real-valued outputs -> 0/1 uint8 codes (h >= 0 -> 1)."""
-    return (values >= 0).to(torch.uint8).cpu().numpy()
 
 
 def hamming_distances(query: np.ndarray, database: np.ndarray) -> np.ndarray:
@@ -61,8 +31,6 @@ def hamming_distances(query: np.ndarray, database: np.ndarray) -> np.ndarray:
     bits = query.shape[1]
     return ((bits - q @ d.T) / 2).round().to(torch.int16).numpy()
 
-
-# ---------------------------------------------------------------- ranking engine
 
 class _SameLabel:
     """Database items sharing a label, listed without scanning the database."""
@@ -181,7 +149,10 @@ class _Ranker:
         return chunks
 
     def rank(self, query_codes: np.ndarray, query_labels: np.ndarray) -> _Ranked:
-        """Ranks of every same-label database item of each query (labels grouped)."""
+        """Ranks of every same-label database item of each query (labels grouped).
+
+        One long function on purpose: the tile loop shares a dozen index tensors (segments,
+        offsets, per-distance counters) whose layouts only make sense read together."""
         rows, width = len(query_codes), self.width
         labels, group_rows = _runs(query_labels)
         lists = [self.same.members(label) for label in labels]
@@ -252,7 +223,7 @@ class _Ranker:
         return _Ranked(hist, item_db, distance, rank, valid)
 
 
-def _ranked_chunks(query_codes, db_codes, query_labels, db_labels):
+def ranked_chunks(query_codes, db_codes, query_labels, db_labels):
     """Yield (query indices, _Ranked) over chunks of queries grouped by label."""
     query_codes, db_codes = np.asarray(query_codes), np.asarray(db_codes)
     query_labels = np.asarray(query_labels)
@@ -274,13 +245,13 @@ def _ranked_chunks(query_codes, db_codes, query_labels, db_labels):
 
 # ---------------------------------------------------------------- metrics
 
-def _harmonic(n: int) -> torch.Tensor:
+def harmonic_numbers(n: int) -> torch.Tensor:
     """H[m] = sum_{i=1..m} 1/i for m = 0..n (float64)."""
     return torch.cat([torch.zeros(1, dtype=torch.float64),
                       torch.cumsum(1.0 / torch.arange(1, n + 1, dtype=torch.float64), 0)])
 
 
-def _tie_aware_ap(hist: torch.Tensor, relevant_hist: torch.Tensor, harmonic: torch.Tensor):
+def tie_aware_ap(hist: torch.Tensor, relevant_hist: torch.Tensor, harmonic: torch.Tensor):
     """Expected AP under a random order inside each distance group (He et al. 2018).
 
     Group d holds n_d items (r_d relevant) after N_d items (R_d relevant). Position i of
@@ -299,150 +270,3 @@ def _tie_aware_ap(hist: torch.Tensor, relevant_hist: torch.Tensor, harmonic: tor
     inner = (relevant_before + 1) * dh + spread * (n - (before + 1) * dh)
     total = (r / n.clamp(min=1) * inner).sum(1)  # 0 where r_d = 0
     return total / r.sum(1).clamp(min=1)
-
-
-@dataclass
-class RetrievalResult:
-    """Scalar metrics (JSON-ready), per-query AP@all, and precision-recall by radius."""
-    metrics: dict
-    per_query_ap: np.ndarray
-    pr: dict = field(default_factory=dict)
-
-
-def evaluate_retrieval(query_codes, db_codes, query_labels, db_labels) -> RetrievalResult:
-    """Every metric of the module docstring from one ranking of each query."""
-    n_query, bits = len(query_labels), np.asarray(db_codes).shape[1]
-    per_query_ap = np.zeros(n_query)
-    tie_sum = 0.0
-    at_k = {k: {"p": 0.0, "retrieved": 0.0, "all": 0.0} for k in sorted(set(PRECISION_AT) | set(MAP_AT))}
-    no_relevant = empty_ball = 0
-    radius_precision = 0.0
-    pr_precision = torch.zeros(bits + 1, dtype=torch.float64)
-    pr_retrieving = torch.zeros(bits + 1, dtype=torch.int64)
-    pr_recall = torch.zeros(bits + 1, dtype=torch.float64)
-    harmonic = _harmonic(len(db_labels))
-    n_db = len(db_labels)
-    for query_rows, ranked in _ranked_chunks(query_codes, db_codes, query_labels, db_labels):
-        rank = torch.sort(ranked.item_rank, dim=1).values  # padding (n_db + 1) sorts last
-        found = rank <= n_db
-        hits = torch.arange(1, rank.shape[1] + 1, dtype=torch.float64)
-        precision = torch.where(found, hits / rank, 0.0)  # P(rank) at each relevant item
-        counts = found.sum(1)
-        relevant = counts.double()
-        ap = precision.sum(1) / relevant.clamp(min=1)
-        per_query_ap[query_rows] = ap.numpy()
-        no_relevant += int((counts == 0).sum())
-        for k, sums in at_k.items():
-            inside = found & (rank <= k)
-            hit_count = inside.sum(1).double()
-            sum_k = (precision * inside).sum(1)
-            sums["p"] += float(hit_count.sum()) / k
-            sums["retrieved"] += float((sum_k / hit_count.clamp(min=1)).sum())
-            sums["all"] += float((sum_k / relevant.clamp(min=1)).sum())
-        relevant_hist = torch.zeros_like(ranked.hist).scatter_add_(
-            1, ranked.item_distance, ranked.valid.long())
-        tie_sum += float(_tie_aware_ap(ranked.hist, relevant_hist, harmonic).sum())
-        within = torch.cumsum(ranked.hist, 1)
-        relevant_within = torch.cumsum(relevant_hist, 1)
-        ball = within[:, min(RADIUS, bits)]
-        empty_ball += int((ball == 0).sum())
-        radius_precision += float((relevant_within[:, min(RADIUS, bits)].double() / ball.clamp(min=1)).sum())
-        retrieving = within > 0
-        pr_retrieving += retrieving.sum(0)
-        pr_precision += (relevant_within.double() / within.clamp(min=1)).sum(0)
-        pr_recall += (relevant_within.double() / relevant.clamp(min=1)[:, None]).sum(0)
-    metrics = {"map": float(per_query_ap.mean()), "map_tie_aware": tie_sum / n_query}
-    for k in MAP_AT:
-        metrics[f"map@{k}_retrieved"] = at_k[k]["retrieved"] / n_query
-        metrics[f"map@{k}_all"] = at_k[k]["all"] / n_query
-    for k in PRECISION_AT:
-        metrics[f"p@{k}"] = at_k[k]["p"] / n_query
-    metrics.update({f"p@r{RADIUS}": radius_precision / n_query, "queries_empty_r2": empty_ball,
-                    "queries_without_relevant": no_relevant, "queries": n_query})
-    with_relevant = max(n_query - no_relevant, 1)
-    pr = {"radius": np.arange(bits + 1),
-          "precision": (pr_precision / pr_retrieving.clamp(min=1)).numpy(),
-          "recall": (pr_recall / with_relevant).numpy(),
-          "queries_retrieving": pr_retrieving.numpy()}
-    return RetrievalResult(metrics, per_query_ap, pr)
-
-
-def save_pr_curve(folder, codes: dict) -> None:
-    """Write ``pr.npz`` (precision-recall by Hamming radius, see ``RetrievalResult.pr``)
-    beside a run's ``codes.npz``; written to a temporary name first."""
-    result = evaluate_retrieval(codes["query_codes"], codes["db_codes"], codes["query_labels"],
-                                codes["db_labels"])
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "pr.tmp.npz", **result.pr)
-    os.replace(folder / "pr.tmp.npz", folder / "pr.npz")
-
-
-def evaluate_codes(query_codes, db_codes, query_labels, db_labels) -> dict:
-    """The scalar metrics of :func:`evaluate_retrieval`."""
-    return evaluate_retrieval(query_codes, db_codes, query_labels, db_labels).metrics
-
-
-# ---------------------------------------------------------------- re-identification
-
-CMC_AT = (1, 5, 10)
-
-
-def evaluate_reid(query_codes, db_codes, query_ids, db_ids, query_cameras, db_cameras) -> dict:
-    """Market-1501 protocol on a Hamming ranking (ties broken by gallery index).
-
-    For each query, gallery items with the query's identity *and* camera are junk, and so
-    is every gallery item with identity -1; junk is removed from the ranking. The good
-    matches are the same identity from another camera; everything else (distractors with
-    identity 0 included) is a negative. ``rank-k`` (CMC) is the fraction of queries whose
-    first good match is within the first k; ``map`` is the mean of AP = (1/G) sum over good
-    matches of (good matches so far) / (rank without junk), as torchreid and fast-reid
-    compute it. (Zheng et al.'s MATLAB code instead averages the precision just before
-    and at each hit, which reads slightly higher.) A query with no good match scores AP 0
-    and rank-k 0 and is counted in ``queries_without_relevant``.
-    """
-    db_ids, db_cameras = np.asarray(db_ids), np.asarray(db_cameras)
-    query_cameras = np.asarray(query_cameras)
-    if len(query_cameras) != len(query_ids) or len(db_cameras) != len(db_ids):
-        raise ValueError("one camera id per code is needed")
-    keep = db_ids != -1
-    db_codes, db_ids, db_cameras = np.asarray(db_codes)[keep], db_ids[keep], db_cameras[keep]
-    n_query, n_db = len(query_ids), len(db_ids)
-    ap_total, first_hits, no_good = 0.0, {k: 0 for k in CMC_AT}, 0
-    db_cameras = torch.from_numpy(db_cameras)
-    for query_rows, ranked in _ranked_chunks(query_codes, db_codes, query_ids, db_ids):
-        rank, order = torch.sort(ranked.item_rank, dim=1)
-        cameras = torch.from_numpy(query_cameras[query_rows])[:, None]
-        junk = (db_cameras[ranked.item_db.gather(1, order)] == cameras) & (rank <= n_db)
-        good = (rank <= n_db) & ~junk
-        clean_rank = (rank - (torch.cumsum(junk, 1) - junk.long())).double()  # junk removed
-        good_count = good.sum(1)
-        precision = torch.where(good, torch.cumsum(good, 1) / clean_rank, 0.0)
-        ap_total += float((precision.sum(1) / good_count.clamp(min=1)).sum())
-        no_good += int((good_count == 0).sum())
-        never = torch.full((len(query_rows), 1), torch.inf, dtype=torch.float64)
-        first = torch.cat([torch.where(good, clean_rank, torch.inf), never], 1).amin(1)
-        for k in CMC_AT:
-            first_hits[k] += int((first <= k).sum())
-    metrics = {f"rank-{k}": first_hits[k] / n_query for k in CMC_AT}
-    metrics.update({"map": ap_total / n_query, "queries_without_relevant": no_good,
-                    "queries": n_query})
-    return metrics
-
-
-# ---------------------------------------------------------------- real-valued features
-
-def map_real_valued(query_vectors, db_vectors, query_labels, db_labels, chunk: int = 256) -> float:
-    """mAP@all of real-valued features ranked by cosine similarity (ties by database index,
-    a stable sort): the float counterpart of ``map`` for a method's ``real_valued`` feature."""
-    query = torch.nn.functional.normalize(torch.as_tensor(query_vectors, dtype=torch.float32), dim=1)
-    db = torch.nn.functional.normalize(torch.as_tensor(db_vectors, dtype=torch.float32), dim=1)
-    query_labels, db_labels = torch.as_tensor(query_labels), torch.as_tensor(db_labels)
-    positions = torch.arange(1, len(db_labels) + 1, dtype=torch.float64)
-    total = 0.0
-    for start in range(0, len(query), chunk):
-        order = torch.sort(-(query[start:start + chunk] @ db.T), dim=1, stable=True).indices
-        relevant = (db_labels[order] == query_labels[start:start + chunk, None]).double()
-        hits = torch.cumsum(relevant, 1)
-        total += float(((hits / positions * relevant).sum(1) / hits[:, -1].clamp(min=1)).sum())
-    return total / len(query)

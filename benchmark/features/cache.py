@@ -20,37 +20,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..data import ImageSet
+from ..errors import DataError
 from .backbones import build_backbone
-from .data import ImageSet
-from .errors import DataError
+from .transforms import Transform
 
 CACHE_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("BENCHMARK_CACHE_DIR", Path.home() / ".cache" / "fghashbench"))
-
-
-@dataclass(frozen=True)
-class Transform:
-    """Shorter side -> ``input_size``, centre crop; optionally downsample by ``downsample``
-    first and upsample back (the resolution protocol's low-resolution images)."""
-    input_size: int = 224
-    downsample: float = 1.0
-
-    def __call__(self, img: Image.Image, mean, std) -> torch.Tensor:
-        size = self.input_size
-        w, h = img.size
-        scale = size / min(w, h)
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-        w, h = img.size
-        left, top = (w - size) // 2, (h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-        if self.downsample > 1:
-            low = max(1, round(size / self.downsample))
-            img = img.resize((low, low), Image.BILINEAR).resize((size, size), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 @dataclass
@@ -61,9 +40,6 @@ class Features:
     #: (image index, message) of unreadable images skipped (zero features) under
     #: ``on_bad_image="skip"``; the runner leaves them out of every split
     bad: list = field(default_factory=list)
-
-    def shapes(self) -> dict[str, tuple]:
-        return {k: tuple(v.shape[1:]) for k, v in self.arrays.items()}
 
     def select(self, names, index) -> dict[str, torch.Tensor]:
         return {n: torch.from_numpy(np.asarray(self.arrays[n][index], dtype=np.float32))
@@ -97,7 +73,9 @@ def extract_features(dataset: ImageSet, backbone: str = "efficientnet_lite0",
     """Return cached features, computing (and caching) them on first use.
 
     An unreadable image raises ``DataError`` naming its path (``on_bad_image="fail"``) or,
-    with ``"skip"``, gets zero features and is listed in ``Features.bad``."""
+    with ``"skip"``, gets zero features and is listed in ``Features.bad``. Long because the
+    pipeline (next batch decoded on a thread while the backbone runs, memory-mapped writers,
+    the temporary folder renamed only when complete) is one unit that must clean up together."""
     model = build_backbone(backbone, **({"weights": weights} if weights else {}))
     model.eval()
     key = cache_key(dataset, backbone, model.weights_id, transform)

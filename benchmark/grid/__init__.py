@@ -1,0 +1,1 @@
+"""From a request to runs: validated request, protocols, run specs and ids, default grid."""

@@ -1,0 +1,94 @@
+"""Execute one run of the grid and return its record: protocol -> inputs -> train ->
+encode -> evaluate (one ranking for every metric) -> profile -> files beside the store.
+
+A failing run is a record with ``status = 'failed'`` and its one-line error; the grid goes
+on. Codes and precision-recall files are renamed into place only when complete.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from registry.loading import one_line
+
+from ..eval.machine import hardware_id, versions
+from ..eval.metrics import evaluate_retrieval, map_real_valued, save_pr_curve
+from ..eval.profiling import profile_run
+from ..eval.reid import evaluate_reid
+from .inputs import FinetuneInputs, FrozenInputs, train_factors
+from .loop import seed_everything
+from .method_run import run_method
+
+
+def evaluate(dataset, split, codes: dict) -> tuple[dict, dict | None]:
+    """(metrics, precision-recall or None) of a run's codes: re-ID metrics (same-camera
+    filtering) when the dataset has camera ids, else :func:`evaluate_retrieval`."""
+    args = (codes["query_codes"], codes["db_codes"], codes["query_labels"], codes["db_labels"])
+    if dataset.cameras is None:
+        result = evaluate_retrieval(*args)
+        return result.metrics, result.pr
+    person_id = np.array([int(c) for c in dataset.classes])  # -1 = junk, 0 = distractor
+    return evaluate_reid(args[0], args[1], person_id[args[2]], person_id[args[3]],
+                         dataset.cameras[split.query_index], dataset.cameras[split.db_index]), None
+
+
+def save_codes(folder: Path, codes: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "codes.tmp.npz"
+    np.savez_compressed(tmp, **codes)
+    os.replace(tmp, folder / "codes.npz")
+
+
+def new_record(entry, spec: dict, run_id: str) -> dict:
+    return {"run_id": run_id, "method": spec["method"], "dataset": spec["dataset"],
+            "regime": spec["regime"], "backbone": spec["backbone"], "bits": spec["bits"],
+            "seed": spec["seed"], "distribution": entry.distribution, "version": entry.version,
+            "spec": spec, "protocol": spec["protocol"], "metrics": {}, "efficiency": {},
+            "provenance": {"versions": versions(), "hardware": hardware_id()},
+            "status": "ok", "error": None}
+
+
+def inputs_for(entry, spec, split, dataset, context):
+    """The regime's input source for this run (see ``run.inputs``)."""
+    protocol = spec["protocol"]
+    if spec["regime"] == "finetune":
+        return FinetuneInputs(entry.cls, split, dataset, spec, context.request)
+    factors = {1, protocol["resolution"], protocol["resolution_db"], *train_factors(entry.cls)}
+    return FrozenInputs(entry.cls, split, {f: context.features(f) for f in sorted(factors)},
+                        protocol["resolution"], protocol["resolution_db"])
+
+
+def execute(entry, spec, run_id, dataset, context) -> dict:
+    started = time.time()
+    record = new_record(entry, spec, run_id)
+    folder = Path(context.request.out) / "runs" / run_id
+    try:
+        split = context.split(spec["protocol"], spec["seed"])
+        record["protocol"] = dict(spec["protocol"], materialised=split.facts)
+        seed_everything(spec["seed"])
+        source = inputs_for(entry, spec, split, dataset, context)
+        result = run_method(entry.cls, spec["hparams"], source, dataset.labels, dataset.num_classes,
+                            spec["bits"], spec["seed"], spec["epochs"])
+        codes = result["codes"]
+        record["metrics"], pr = evaluate(dataset, split, codes)
+        if result["real"] is not None:
+            record["metrics"]["map_real"] = map_real_valued(
+                result["real"]["query"], result["real"]["db"], codes["query_labels"], codes["db_labels"])
+        if result["skipped_images"]:
+            record["metrics"]["skipped_images"] = result["skipped_images"]
+        record["provenance"]["selection"] = result["selection"]
+        record["provenance"]["load_average"] = round(os.getloadavg()[0], 2)  # while timing
+        record["efficiency"] = profile_run(result["method"], result["input_shapes"], spec["backbone"],
+                                           spec["input_size"], codes["db_codes"], codes["query_codes"],
+                                           result["real"])
+        record["provenance"].update(epochs=result["epochs"], loss_history=result["history"])
+        save_codes(folder, codes)
+        if pr is not None:
+            save_pr_curve(folder, pr)
+    except Exception as exc:  # noqa: BLE001 - a failing plugin must not stop the grid
+        record.update(status="failed", error=one_line(exc), metrics={}, efficiency={})
+    record["wall_time"] = round(time.time() - started, 3)
+    return record
