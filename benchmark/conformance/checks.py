@@ -36,6 +36,7 @@ from ..eval.metrics import map_real_valued
 from ..eval.profiling import count_macs, count_params
 from ..method import INPUT_NAMES, HashMethod
 from ..run.encode import encode_all
+from ..run.inputs import train_factors
 from ..run.loop import TrainData, build_optimizer, overrides, seed_everything
 from .probe import (PROBE_BITS, PROBE_CLASSES, PROBE_SEED, PROBE_STEPS, ConformanceError,
                     PROBE_IS_TRAIN, PROBE_LABELS, probe_features, probe_input_shapes, probe_run,
@@ -251,7 +252,7 @@ def _probe_batch(cls) -> dict:
     batch = {"inputs": probe_features().select(INPUT_NAMES[cls.inputs], train_index),
              "labels": torch.from_numpy(PROBE_LABELS[train_index]),
              "indices": torch.arange(len(train_index))}
-    if tuple(getattr(cls, "train_resolutions", (1,)) or (1,)) != (1,):
+    if train_factors(cls) != (1,):
         batch["resolution"] = torch.ones(len(train_index))  # full resolution
     return batch
 

@@ -3,8 +3,8 @@
 #: the grid ``make leaderboard`` runs (README and index text; the Makefile takes its methods
 #: from ``list --default-grid``): the baselines, the sanity baselines and thesis-sld (the one
 #: thesis method on pooled features). Ablation variants and the thesis methods that read
-#: stage maps (thesis-msd, -mad, -ddl; one default thesis-ddl run took 13 minutes on this
-#: shared 2-core machine) are measured in leaderboards/thesis and leaderboards/ablations.
+#: stage maps (thesis-msd, -mad, -ddl: far costlier per run on a CPU) are measured in
+#: leaderboards/thesis and leaderboards/ablations.
 DEFAULT_GRID = {"dataset": "cub100", "regime": "frozen", "bits": (12, 24, 32, 48),
                 "seeds": (0, 1, 2),
                 "methods": ("lsh", "itq", "dsh", "dpsh", "hashnet", "greedyhash", "csq",

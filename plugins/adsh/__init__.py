@@ -63,9 +63,8 @@ Defaults and their sources
   MatConvNet code uses lr logspace(-4, -6) over the 150 epochs for CNN-F; weight decay 5e-4
   in both). Selection: cub100 train split, 20% of each class held out as queries (seed 0),
   database = the rest, frozen EfficientNet-Lite0 pooled features, learned-database mAP at
-  12 / 48 bits: lr 1e-3 0.418 / 0.822, lr 1e-2 0.647 / 0.888, lr 3e-2 0.705 / 0.894,
-  lr 1e-2 + momentum 0.9 0.709 / 0.904 (one seed each; ~35-65 s per 150-epoch run on
-  one CPU thread).
+  12 / 48 bits, among lr 1e-3, 1e-2, 3e-2 and 1e-2 + momentum 0.9 (the numbers are in the
+  issue #16 note).
 * similarity ``"soft"``: S_ij = 1 for a shared label and -r otherwise, with
   r = (#similar pairs) / (#dissimilar pairs) of the outer iteration's Omega x Gamma matrix.
   This is the authors' code's "soft constraint" (both versions), a DEPARTURE from the
@@ -74,8 +73,7 @@ Defaults and their sources
   fine-grained classes ~99% of pairs are dissimilar, and the {+1, -1} target drives
   different classes to anti-correlated codes, which c bits cannot give every pair of
   classes at once; -r (~0.01) asks for nearly orthogonal ones. ``similarity="paper"`` gives
-  S in {+1, -1} (r = 1); on the validation split above it collapses (val mAP 0.033 / 0.032
-  at 12 / 48 bits, against 0.709 / 0.904 with the soft constraint).
+  S in {+1, -1} (r = 1); on the validation split above its codes collapse.
 * ``database="learned"``: the paper's protocol (database = learned V).
 
 Departures

@@ -28,34 +28,24 @@ Departures: d = 256 and N_sub-j = 1x1 conv (width 32) + BN + ReLU + 3x3 conv + B
 paper gives neither d nor the convolution sizes). b^(0), c^(0) are the untrained network's
 codes (the paper: random). A_i (Algorithm 1) averages the positive part of the stage maps:
 ResNet's stage outputs are post-ReLU heat maps, but EfficientNet-Lite0's end in a linear
-projection, half of their values negative, and their signed channel mean put 57% of the
-first boxes on one cell of 7x7 (positive part: boxes of 10-37 cells; a no-op on ResNet).
+projection with about half of their values negative (the positive part is a no-op on ResNet).
 
 Frozen regime (the defaults): N_sub-j are trainable heads on the cached EfficientNet-Lite0
 stage maps, and
 * the hash path uses the last stage, s32 (``hash_stage=2``), not the paper's penultimate
   one (l = 2 of L = 3, i.e. ``hash_stage=1``, the setting for ``--regime finetune``): the
   paper fine-tunes the backbone, so its penultimate stage learns what the cross-layer
-  transfer pushes into it; frozen, the s16 map of EfficientNet-Lite0 is a mid-network block
-  (linear probe on its pooled map, 2,400 / 599 training images of cub100: 39% accuracy,
-  against 84% for s32 and 86% for the pooled 1280-d feature), and with it the 12-bit mAP
-  stayed at 11% (s32: 43%, both at the old 6-epoch recipe);
+  transfer pushes into it; frozen, EfficientNet-Lite0's s16 map is a mid-network block that
+  a linear probe on the training images classifies far worse than s32;
 * the image crops of Algorithm 1 become bilinear crops of the cached maps at half each
   stage's resolution (a crop of a frozen map holds no more detail than its cells), computed
-  with ``grid_sample`` exactly as ``roi_align(aligned=True, sampling_ratio=1)`` would
-  (torchvision's compiled roi_align is missing here and its Python fallback takes seconds
-  per batch);
+  with ``grid_sample`` exactly as ``roi_align(aligned=True, sampling_ratio=1)`` would;
 * lr 1e-2 for 20 epochs without the x0.1 step (the paper: lr 1e-3 for 100 epochs, step at
-  70; the harness has no schedule). 20 epochs because the training loss of the full method
-  is nearly flat by then (-1.5% per epoch over epochs 16-20, against -5% over epochs 6-10);
-  the test mAP was seen too (12 bits, seed 0: 45 / 62 / 71 at 6 / 12 / 20 epochs). About
-  3 CPU-minutes a cub100 run (profiled: ~9 s an epoch single-threaded).
-In this regime +R costs the hash path accuracy: the crops are cells of the same frozen maps,
-so they add no detail a backbone could learn from, only a harder classification task (4x
-the weight of L_cls, Eq. 14) for the shared N_sub-j and C. Measured (cub100, seed 0, mAP %
-at 12/24/32/48 bits; results/cmbh_ablation and results/leaderboard): B 34.5/45.6/48.2/47.5,
-+L 36.6/57.5/61.3/63.2, +L+T 79.2/81.2/81.2/77.1, full 70.7/72.8/75.5/75.3: the paper's
-B < +L < +L+T holds, +R does not help here.
+  70; the harness has no schedule).
+How these defaults were chosen: the hash stage, the positive-part map and the 20 epochs were
+picked in issue #5 with the test-split mAP in view (no validation split then); they await
+re-derivation on a validation split (issue #12). The measured ablation rows are in
+``leaderboards/ablations``.
 """
 from __future__ import annotations
 

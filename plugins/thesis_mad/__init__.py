@@ -38,25 +38,9 @@ What we chose (each component is an ablation switch):
 Selection and encoding are fitted by ``on_train_end`` on the training set (and, so that
 mid-training encodes work, at each epoch start). Labels are never used.
 
-What was changed and why (issue #6: the first version scored 2.1/2.6/3.7 mAP at 16/32/64
-bits on cub100, below LSH). Diagnosed on cub100, 32 bits, 10 epochs:
-
-* The denoiser predicted the noise. At a nearly noise-free input the noise is only
-  recoverable in the directions where x0 barely varies, so its hidden units became detectors
-  of those low-variance (non-semantic) directions: ITQ on the trained first layer's
-  pre-activations (a linear map of the standardised [x0, c]) gave 13.6, against 29.5 on
-  [x0, c] itself and 25.3 through the untrained layer. Training made the candidates worse.
-  Regressing x0 instead (the conditional model must then reconstruct the feature from the
-  stage maps and a noisy copy) gives candidates on which ITQ reaches 27-35 (last layer best).
-* The betas were DDPM's 1000-step values used with 100 steps, so the forward process ended
-  at alpha_bar_T = 0.37, far from noise; rescaled. (Not the cause: with x0 prediction either
-  schedule gives candidates of about the same quality.)
-* Bits were binarised at their training medians, which makes every bit exactly 1 bit of
-  entropy, while selection scored the entropy of the sign: the criterion scored a quantity
-  that was never binarised (hence ``-noent`` ~ full). Direct bits are now the scored signs.
-* One axis-aligned candidate per bit carries little information, whatever the criterion;
-  the abstract's "encode the informative parts into compact binary codes" is now an ITQ
-  encoding of an entropy-selected subset; the direct selection stays as ``-direct``.
+How the defaults were chosen: the prediction target (x0), the encoding (ITQ on a selected
+subset), the subset size and the layers were chosen in issue #6 on the reported query set
+(no validation split then); they await re-derivation on a validation split (issue #12).
 """
 import math
 from types import SimpleNamespace
