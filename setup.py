@@ -21,6 +21,7 @@ BUILTIN_PLUGINS = {
     "thesis_sld": "plugins.thesis_sld",
     "thesis_mad": "plugins.thesis_mad",
     "thesis_ddl": "plugins.thesis_ddl",
+    "adsh": "plugins.adsh",
 }
 
 setup(
