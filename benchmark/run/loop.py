@@ -10,6 +10,7 @@ outputs (frozen) or augmented images through the trainable backbone (finetune,
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,7 +85,8 @@ class TrainData:
             yield batch
 
 
-def _step(method, batch: dict, optimizers: list, epoch: int) -> float:
+def _step(method, batch: dict, optimizers: list, epoch: int) -> tuple[float, dict]:
+    """One optimiser step on the summed loss; (summed loss, each component's value)."""
     losses = method.loss(batch)
     loss = sum(losses.values())
     if not torch.isfinite(loss):
@@ -95,13 +97,24 @@ def _step(method, batch: dict, optimizers: list, epoch: int) -> float:
     loss.backward()
     for optimizer in optimizers:
         optimizer.step()
-    return loss.item()
+    return loss.item(), {k: float(v.item()) for k, v in losses.items()}
+
+
+def _epoch_facts(epoch: int, steps: list[tuple], seconds: float) -> dict:
+    """What ``epoch_log`` receives: the epoch (1-based), its mean summed loss, the mean of
+    each loss component over its batches, and the epoch's wall seconds."""
+    names = sorted({k for _, parts in steps for k in parts})
+    return {"epoch": epoch + 1, "loss": sum(t for t, _ in steps) / max(len(steps), 1),
+            "components": {k: sum(p[k] for _, p in steps if k in p) / max(len(steps), 1)
+                           for k in names},
+            "seconds": seconds}
 
 
 def train(method: HashMethod, data, epochs: int, seed: int, optimizer_config: dict,
-          progress=None, after_epoch=None) -> list[float]:
+          progress=None, after_epoch=None, epoch_log=None) -> list[float]:
     """Minimise the summed loss dict over ``data``'s batches; return each epoch's mean loss.
-    ``after_epoch(epoch)`` runs after each epoch (validation-based model selection)."""
+    ``after_epoch(epoch)`` runs after each epoch (validation-based model selection);
+    ``epoch_log(facts)`` gets each epoch's loss components and time (:func:`_epoch_facts`)."""
     optimizers = [build_optimizer(method, optimizer_config), *data.optimizers()]
     generator = torch.Generator().manual_seed(seed)
     refresh = overrides(method, "on_epoch_start")
@@ -113,8 +126,11 @@ def train(method: HashMethod, data, epochs: int, seed: int, optimizer_config: di
                 method.on_epoch_start(epoch, data.epoch_data())
         data.train_mode()
         method.train()
-        losses = [_step(method, batch, optimizers, epoch) for batch in data.batches(generator, epoch)]
-        history.append(sum(losses) / max(len(losses), 1))
+        tick = time.perf_counter()
+        steps = [_step(method, batch, optimizers, epoch) for batch in data.batches(generator, epoch)]
+        history.append(sum(total for total, _ in steps) / max(len(steps), 1))
+        if epoch_log:
+            epoch_log(_epoch_facts(epoch, steps, time.perf_counter() - tick))
         if after_epoch:
             after_epoch(epoch)
         if progress:

@@ -52,10 +52,11 @@ class BestOnValidation:
         return selection
 
 
-def _train_and_select(method, source, labels, epochs, seed, config, progress) -> tuple:
+def _train_and_select(method, source, labels, epochs, seed, config, progress,
+                      epoch_log=None) -> tuple:
     data = source.training_set(labels, int(config.get("batch_size", 64)))
     select = BestOnValidation(method, source, labels) if len(source.split.val_index) else None
-    history = train(method, data, epochs, seed, config["optimizer"], progress, select)
+    history = train(method, data, epochs, seed, config["optimizer"], progress, select, epoch_log)
     selection = select.restore() if select else {"rule": "last_epoch"}
     method.eval()
     with torch.no_grad():
@@ -64,9 +65,11 @@ def _train_and_select(method, source, labels, epochs, seed, config, progress) ->
 
 
 def run_method(method_cls, hparams: dict, source, labels: np.ndarray, num_classes: int,
-               bits: int, seed: int, epochs: int | None = None, progress=None) -> dict:
+               bits: int, seed: int, epochs: int | None = None, progress=None,
+               epoch_log=None) -> dict:
     """Train and encode one method; ``source`` is a ``FrozenInputs`` or ``FinetuneInputs``
-    of the run's split, ``labels`` the dataset's clean labels (evaluation only)."""
+    of the run's split, ``labels`` the dataset's clean labels (evaluation only);
+    ``epoch_log`` receives each epoch's loss components and time (``loop.train``)."""
     seed_everything(seed)
     split, device = source.split, source.device
     shapes = source.shapes()
@@ -76,7 +79,8 @@ def run_method(method_cls, hparams: dict, source, labels: np.ndarray, num_classe
     epochs = config.get("epochs", 1) if epochs is None else epochs
     history, selection = [], {"rule": "last_epoch"}
     if method_cls.trainable:
-        history, selection = _train_and_select(method, source, given, epochs, seed, config, progress)
+        history, selection = _train_and_select(method, source, given, epochs, seed, config,
+                                               progress, epoch_log)
     else:
         inputs, kept = source.inputs("train")
         method.eval()
