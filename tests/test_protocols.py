@@ -48,9 +48,52 @@ def test_pairflip_noise_goes_to_the_next_class():
     split = split_of(noise="pairflip:0.2")
     clean = LABELS[split.train_index]
     flipped = split.train_labels != clean
-    assert flipped.mean() == pytest.approx(0.2)
+    assert np.bincount(clean[flipped], minlength=C).tolist() == [4] * C  # round(0.2 * 20)
     assert (split.train_labels[flipped] == (clean[flipped] + 1) % C).all()
-    assert split.facts["noise"]["realised_rate"] == pytest.approx(0.2)
+    assert split.facts["noise"]["realised_rate"] == 0.2
+
+
+def flips_per_class(index, noisy):
+    clean = LABELS[index]
+    return np.bincount(clean[noisy != clean], minlength=C).tolist()
+
+
+@pytest.mark.parametrize("kind", ["symmetric", "pairflip"])
+def test_noise_is_exact_in_train_and_validation_separately(kind):
+    # per class: 5 validation, 15 train images; rate 0.5 flips round(7.5) = 8 and round(2.5) = 2
+    split = split_of(noise=f"{kind}:0.5", val_frac=0.25)
+    assert flips_per_class(split.train_index, split.train_labels) == [8] * C
+    assert flips_per_class(split.val_index, split.val_labels) == [2] * C
+    assert split.facts["noise"]["realised_rate"] == round(8 / 15, 6)
+    assert split.facts["noise"]["realised_rate_val"] == 0.4
+    for index, noisy in ((split.train_index, split.train_labels), (split.val_index, split.val_labels)):
+        clean = LABELS[index]
+        assert (noisy[noisy != clean] != clean[noisy != clean]).all()
+        if kind == "pairflip":
+            assert (noisy[noisy != clean] == (clean[noisy != clean] + 1) % C).all()
+
+
+def test_noise_without_validation_draws_what_it_always_drew():
+    """The content hashes of splits without --val-frac are those of the committed records'
+    protocol code (a change in the draw order would change every noisy run)."""
+    assert split_of(noise="symmetric:0.5").facts["hash"] == "bb101f924ef351b1"
+    both = split_of(noise="pairflip:0.4", long_tail="exp:10")
+    assert (both.facts["hash"], both.facts["noise"]["hash"]) == ("4c17943a7b8c8581", "e30d7fcb98b3da4f")
+    assert "realised_rate_val" not in both.facts["noise"]
+
+
+def test_steps_apply_in_order_validation_then_long_tail_then_noise():
+    split = split_of(2, val_frac=0.25, long_tail="exp:10", noise="pairflip:0.4")
+    # validation is carved from the full train split: 5 per class, untouched by the long tail
+    assert np.bincount(LABELS[split.val_index], minlength=C).tolist() == [5] * C
+    # the long tail acts on the 15 left per class
+    counts = np.bincount(LABELS[split.train_index], minlength=C)
+    assert sorted(counts.tolist(), reverse=True) == [round(15 * 10 ** (-r / (C - 1))) for r in range(C)]
+    # noise is counted on the long-tailed train counts and on the validation counts
+    assert flips_per_class(split.train_index, split.train_labels) == [round(0.4 * n) for n in counts]
+    assert flips_per_class(split.val_index, split.val_labels) == [2] * C
+    assert split.facts["counts"] == {"train": int(counts.sum()), "val": 5 * C,
+                                     "query": TEST * C, "database": int(counts.sum())}
 
 
 def test_noise_is_deterministic_in_the_seed_and_hashed():
@@ -193,10 +236,12 @@ def test_grid_runs_every_protocol_value_deterministically(tmp_path, cache_dir):
     assert sorted(str(p["noise"]) for _, p, _, _ in runs) == ["None", "symmetric:0.5"]
     for run_id, protocol, metrics, _ in runs:
         assert "macro_map" in metrics
-        if protocol["noise"]:
-            assert protocol["materialised"]["noise"]["realised_rate"] == pytest.approx(0.5, abs=0.01)
         a = np.load(tmp_path / "a" / "runs" / run_id / "codes.npz")
         b = np.load(tmp_path / "b" / "runs" / run_id / "codes.npz")
+        if protocol["noise"]:  # the database is the train split, with its clean labels
+            counts = np.bincount(a["db_labels"])
+            assert protocol["materialised"]["noise"]["realised_rate"] == \
+                round(np.round(0.5 * counts).sum() / counts.sum(), 6)
         for key in a.files:  # byte-identical codes for the same spec
             assert a[key].tobytes() == b[key].tobytes()
     with ResultStore(tmp_path / "a" / "results.sqlite") as store:
@@ -240,8 +285,12 @@ def test_cub100_protocols_on_real_labels():
     assert counts.max() / counts.min() == pytest.approx(10, rel=0.15)
     assert np.bincount(ds.labels[split.query_index]).tolist() == \
         np.bincount(ds.labels[~ds.is_train]).tolist()
-    realised = split.facts["noise"]["realised_rate"]
-    assert realised == pytest.approx(0.4, abs=0.05)
+    clean, val_clean = ds.labels[split.train_index], ds.labels[split.val_index]
+    for index, noisy, kept in ((split.train_index, split.train_labels, clean),
+                               (split.val_index, split.val_labels, val_clean)):
+        flipped = noisy != ds.labels[index]
+        assert (np.bincount(kept[flipped], minlength=ds.num_classes) ==
+                np.round(0.4 * np.bincount(kept, minlength=ds.num_classes))).all()
     assert not (set(split.train_index) | set(split.val_index)) & set(np.flatnonzero(~ds.is_train))
 
 

@@ -14,8 +14,9 @@ Order of application to the official train split (queries are never touched):
    at most what it has), ``n_max`` = the largest class count (DESIGN.md, "Long tail").
    The database is this subsampled train split; queries stay balanced.
 3. ``noise = "symmetric:R"`` / ``"pairflip:R"``: per class, ``round(R * n_c)`` training
-   (and validation) labels are replaced by a uniformly random *other* class (symmetric)
-   or by the next class ``(c + 1) mod C`` (pair flip). Evaluation uses clean labels.
+   labels are replaced by a uniformly random *other* class (symmetric) or by the next class
+   ``(c + 1) mod C`` (pair flip); the validation split gets the same, counted over its own
+   ``n_c``. Evaluation uses clean labels.
 
 ``resolution = S`` / ``resolution_db = S``: queries / database images are centre-cropped,
 shrunk by the factor S and resized back before the backbone (``features.Transform``).
@@ -208,6 +209,19 @@ def corrupt_labels(labels: np.ndarray, kind: str, rate: float, num_classes: int,
     return noisy
 
 
+def _noisy_labels(labels, train_index, val_index, kind, rate, num_classes, rng):
+    """Train then validation labels after noise, each split corrupted on its own (exactly
+    ``round(rate * n_c)`` flips per class in each; one stream, train first, so a run
+    without validation draws what it always drew), and the realised rates."""
+    train = corrupt_labels(labels[train_index], kind, rate, num_classes, rng)
+    val = corrupt_labels(labels[val_index], kind, rate, num_classes, rng)
+    facts = {"kind": kind, "rate": rate,
+             "realised_rate": round(float((train != labels[train_index]).mean()), 6)}
+    if len(val_index):
+        facts["realised_rate_val"] = round(float((val != labels[val_index]).mean()), 6)
+    return np.concatenate([train, val]), facts
+
+
 @dataclass
 class Split:
     """A materialised protocol: which images play which role, and the labels a method sees."""
@@ -244,11 +258,9 @@ def materialise(labels: np.ndarray, is_train: np.ndarray, num_classes: int,
     seen_labels = labels[seen]
     if protocol.noise_kind_rate:
         kind, rate = protocol.noise_kind_rate
-        noisy = corrupt_labels(seen_labels, kind, rate, num_classes, _rng(seed, "noise"))
-        train_part = noisy[:len(train_index)]
-        facts["noise"] = {"kind": kind, "rate": rate,
-                          "realised_rate": round(float((train_part != labels[train_index]).mean()), 6),
-                          "hash": _digest(seen, noisy)}
+        noisy, facts["noise"] = _noisy_labels(labels, train_index, val_index, kind, rate,
+                                              num_classes, _rng(seed, "noise"))
+        facts["noise"]["hash"] = _digest(seen, noisy)
     else:
         noisy = seen_labels
     if np.intersect1d(seen, query_index).size:
