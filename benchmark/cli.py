@@ -156,7 +156,7 @@ def cmd_data(args) -> int:
     if args.action == "info":
         problems = datatools.info(args.name, args.data_root, check_images=not args.no_images)
         return 1 if problems else 0
-    datatools.download(args.name, args.data_root, url=args.url, md5=args.md5)
+    datatools.download(args.name, args.data_root, url=args.url, md5=args.md5, sha256=args.sha256)
     return 0
 
 
@@ -224,6 +224,8 @@ def _data_parser(sub) -> None:
     data.add_argument("--no-images", action="store_true",
                       help="info: skip opening every image (truncation check)")
     data.add_argument("--url", default=None, help="download: a mirror of the official archive")
+    data.add_argument("--sha256", default=None,
+                      help="download: the SHA-256 the --url archive must have (or --md5)")
     data.add_argument("--md5", default=None, help="download: the MD5 the --url archive must have")
 
 
@@ -252,17 +254,41 @@ def _perf_parser(sub) -> None:
                            "for like with the single-threaded reference loop)")
 
 
+def cmd_reproduce(args) -> int:
+    from .run.reproduce import Selection, render, reproduce
+    rows = reproduce(Path(args.records), Selection(args.methods, args.bits, args.seeds, args.sample),
+                     out=Path(args.out) if args.out else None, data_root=args.data_root,
+                     cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                     allow_code_change=args.allow_code_change)
+    print(render(rows))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _reproduce_parser(sub) -> None:
+    rep = sub.add_parser("reproduce", help="re-run committed records and compare their headline")
+    rep.add_argument("--records", required=True, help="a records.jsonl (e.g. leaderboards/records.jsonl)")
+    rep.add_argument("--methods", type=_name_list, default=None)
+    rep.add_argument("--bits", type=_int_list, default=None)
+    rep.add_argument("--seeds", type=_int_list, default=None)
+    rep.add_argument("--sample", type=int, default=None, help="re-run N records (seeded choice)")
+    rep.add_argument("--data-root", default=None)
+    rep.add_argument("--cache-dir", default=None)
+    rep.add_argument("--out", default=None, help="results folder for the re-runs (default: a temp dir)")
+    rep.add_argument("--allow-code-change", action="store_true",
+                     help="compare even when a method's code or defaults changed since its record")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_list_parser, _run_parser, _check_parser, _data_parser, _leaderboard_parser,
-                _perf_parser):
+                _perf_parser, _reproduce_parser):
         add(sub)
     return p
 
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "data": cmd_data, "check-plugin": cmd_check_plugin,
-            "leaderboard": cmd_leaderboard, "perf": cmd_perf}
+            "leaderboard": cmd_leaderboard, "perf": cmd_perf, "reproduce": cmd_reproduce}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,148 @@
+"""``python -m benchmark reproduce``: re-run committed records from their stored specs and
+compare headlines.
+
+Each selected record becomes a one-run grid request (same dataset, protocol, seed, bits,
+hyperparameters, epochs); the spec that today's code would give that request is compared
+with the stored one first: when they differ (a plugin's code, version or defaults changed
+since the record was made) the record is refused with one line, unless
+``allow_code_change``. The headline is the tie-aware mAP (``map_tie_aware``). Tolerance:
+closed-form methods (``trainable = False``) must match to ``CLOSED_FORM_TOLERANCE``;
+trained ones within the larger of ``TRAINED_TOLERANCE`` and the 95% confidence half-width
+(t distribution) over the seeds of the record's cell (same method, bits, setting and
+protocol in the records file), because SGD on other float kernels moves a number by a
+fraction of its seed spread.
+"""
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from scipy import stats
+from tabulate import tabulate
+
+from ..data import build_dataset
+from ..errors import BenchmarkError
+from ..eval.machine import hardware_id
+from ..grid.protocols import protocol_label
+from ..grid.request import GridRequest
+from ..grid.runs import expand, resolve_methods
+from ..store.records import read_records
+from .driver import run_grid
+
+HEADLINE = "map_tie_aware"
+CLOSED_FORM_TOLERANCE = 1e-6
+TRAINED_TOLERANCE = 0.005  # 0.5 mAP points
+
+
+@dataclass
+class Selection:
+    methods: list[str] | None = None
+    bits: list[int] | None = None
+    seeds: list[int] | None = None
+    sample: int | None = None
+
+    def pick(self, records: list[dict]) -> list[dict]:
+        chosen = [r for r in sorted(records, key=lambda r: r["run_id"])
+                  if (not self.methods or r["method"] in self.methods)
+                  and (not self.bits or r["bits"] in self.bits)
+                  and (not self.seeds or r["seed"] in self.seeds)]
+        if self.sample is not None and self.sample < len(chosen):
+            chosen = sorted(random.Random(0).sample(chosen, self.sample), key=lambda r: r["run_id"])
+        if not chosen:
+            raise BenchmarkError("no committed record matches the selection")
+        return chosen
+
+
+def cell_key(record: dict) -> tuple:
+    spec = record["spec"]
+    return (record["dataset"], record["method"], record["bits"], spec["regime"], spec["backbone"],
+            spec["input_size"], protocol_label(spec["protocol"]), str(spec.get("epochs")),
+            str(sorted(spec.get("hparams", {}).items())))
+
+
+def half_width(values: list[float]) -> float:
+    """95% confidence half-width of the mean (t distribution); 0 for fewer than 2 values."""
+    if len(values) < 2:
+        return 0.0
+    return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
+
+
+def request_for(record: dict, out: Path, data_root, cache_dir) -> GridRequest:
+    """The one-run grid request that produced ``record``."""
+    spec = record["spec"]
+    if spec.get("backbone_weights"):
+        raise BenchmarkError(f"record {record['run_id']}: made with a backbone checkpoint "
+                             f"({spec['backbone_weights']}); reproduce runs without one")
+    dataset, _, first = spec["dataset"].partition("-first")
+    protocol = spec["protocol"]
+    return GridRequest(methods=[spec["method"]], dataset=dataset, bits=[spec["bits"]],
+                       seeds=[spec["seed"]], regime=spec["regime"], backbone=spec["backbone"],
+                       input_size=spec["input_size"], epochs=spec.get("epochs"),
+                       max_classes=int(first) if first.isdigit() else None, data_root=data_root,
+                       out=out, overwrite="always", cache_dir=cache_dir, progress=False,
+                       noise=protocol.get("noise"), long_tail=protocol.get("long_tail"),
+                       resolution=[protocol.get("resolution", 1)],
+                       resolution_db=protocol.get("resolution_db", 1),
+                       val_frac=protocol.get("val_frac", 0),
+                       on_bad_image=spec.get("on_bad_image", "fail"))
+
+
+def changed_keys(record: dict, request: GridRequest) -> list[str]:
+    """Spec keys whose value today's code gives differently (empty: same run identity)."""
+    entries = resolve_methods(request.methods)
+    dataset = build_dataset(request.dataset, data_root=request.data_root)
+    if request.max_classes and request.max_classes < dataset.num_classes:
+        dataset = dataset.subset(dataset.labels < request.max_classes, f"-first{request.max_classes}")
+    (_, spec, _), = expand(request, entries, dataset)
+    old = record["spec"]
+    return sorted(k for k in set(spec) | set(old) if spec.get(k) != old.get(k))
+
+
+def reproduce(records_file: Path, selection: Selection, out: Path | None = None, data_root=None,
+              cache_dir=None, allow_code_change: bool = False, log=print) -> list[dict]:
+    """Re-run the selected records; return one comparison row per record."""
+    records = read_records(records_file)
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for r in records:
+        cells[cell_key(r)].append(r["metrics"][HEADLINE])
+    out = Path(out or tempfile.mkdtemp(prefix="reproduce-"))
+    rows = []
+    for record in selection.pick(records):
+        request = request_for(record, out, data_root, cache_dir)
+        changed = changed_keys(record, request)
+        if changed and not allow_code_change:
+            raise BenchmarkError(f"method {record['method']!r}: its code or defaults changed since "
+                                 f"record {record['run_id']} was made (spec keys {', '.join(changed)}); "
+                                 f"pass --allow-code-change to compare anyway")
+        new, = run_grid(request, log=lambda *_: None)
+        if new["status"] != "ok":
+            raise BenchmarkError(f"record {record['run_id']}: the re-run failed: {new['error']}")
+        trained = bool(resolve_methods(request.methods)[0].cls.trainable)
+        tolerance = max(TRAINED_TOLERANCE, half_width(cells[cell_key(record)])) if trained \
+            else CLOSED_FORM_TOLERANCE
+        committed, again = record["metrics"][HEADLINE], new["metrics"][HEADLINE]
+        rows.append({"run_id": record["run_id"], "method": record["method"], "bits": record["bits"],
+                     "seed": record["seed"], "protocol": protocol_label(record["spec"]["protocol"]),
+                     "committed": committed, "reproduced": again, "difference": again - committed,
+                     "tolerance": tolerance, "ok": abs(again - committed) <= tolerance,
+                     "committed_hardware": (record.get("provenance") or {}).get("hardware", "?"),
+                     "code_changed": changed})
+    return rows
+
+
+def render(rows: list[dict]) -> str:
+    """The comparison table (mAP in %), then which hardware produced each side."""
+    table = [[r["method"], r["bits"], r["seed"], r["protocol"], f"{100 * r['committed']:.4f}",
+              f"{100 * r['reproduced']:.4f}", f"{100 * r['difference']:+.4f}",
+              f"{100 * r['tolerance']:.4g}", "ok" if r["ok"] else "DIFFERS"] for r in rows]
+    text = tabulate(table, headers=["method", "bits", "seed", "protocol", "committed (tie-aware mAP %)",
+                                    "reproduced", "difference", "tolerance", "verdict"],
+                    tablefmt="github", disable_numparse=True)
+    committed = sorted({r["committed_hardware"] for r in rows})
+    return (f"{text}\n\ncommitted on: {'; '.join(committed)}\nreproduced on: {hardware_id()}\n"
+            f"{sum(r['ok'] for r in rows)} of {len(rows)} within tolerance")
