@@ -9,7 +9,6 @@ import torch
 
 from benchmark.cli import main
 from benchmark.data import build_dataset
-from benchmark.report.tables import render_all
 from benchmark.store.sqlite import ResultStore
 from benchmark.run.loop import TrainData
 from benchmark.run.inputs import FrozenInputs
@@ -244,6 +243,7 @@ def test_grid_runs_every_protocol_value_deterministically(tmp_path, cache_dir):
                 round(np.round(0.5 * counts).sum() / counts.sum(), 6)
         for key in a.files:  # byte-identical codes for the same spec
             assert a[key].tobytes() == b[key].tobytes()
+    from benchmark.report.tables import render_all
     with ResultStore(tmp_path / "a" / "results.sqlite") as store:
         text, = render_all(store.records()).values()
     assert "| clean | dsh |" in text and "| noise=symmetric:0.5 | dsh |" in text, text
@@ -319,6 +319,7 @@ def test_real_valued_features_are_evaluated_and_timed_beside_the_codes(tmp_path,
     assert sld["efficiency"]["real_dim"] == 1024  # thesis-sld's hidden embedding
     assert sld["efficiency"]["real_search_latency_ms"] > 0
     assert sld["provenance"]["load_average"] >= 0  # the load while its timings were taken
+    from benchmark.report.tables import render_all
     text, = render_all(list(records.values())).values()
     row = next(line for line in text.splitlines() if "| thesis-sld |" in line)
     assert f"{100 * sld['metrics']['map_real']:.2f} (1024-d, 16b)" in row
