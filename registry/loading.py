@@ -2,9 +2,11 @@
 
 Every entry point of the ``benchmark.methods`` group is loaded on its own, built-in ones
 first (so a built-in name is never taken by a newcomer): a plugin that fails to import,
-fails pluggy's hook validation, raises inside a hook, or registers a name already taken is
-recorded as a ``PluginFailure`` (one-line reason), whatever it registered is removed, and
-the others load normally.
+fails pluggy's hook validation, raises inside a hook, registers a name already taken, or
+has a name that breaks the rule of :mod:`.names` (its entry point, distribution and version
+are checked before its code is imported; every method, dataset and backbone name when
+registered) is recorded as a ``PluginFailure`` (one-line reason, unsafe values never
+printed verbatim), whatever it registered is removed, and the others load normally.
 
 ``BENCHMARK_PLUGINS=a,b`` loads exactly those external plugins (built-ins always load);
 ``BENCHMARK_DISABLE_PLUGINS=a,b`` blocks the named entry points, built-in or not
@@ -20,6 +22,7 @@ import pluggy
 
 from . import BACKBONES, DATASETS, METHODS
 from .hookspecs import PROJECT, PluginHooks
+from .names import check_name, check_version, is_safe_name, shown
 
 ENTRY_POINT_GROUP = "benchmark.methods"
 BUILTIN_DISTRIBUTION = "fghashbench"
@@ -72,6 +75,20 @@ def _distribution(ep) -> tuple[str, str]:
     return dist.metadata["Name"], dist.version
 
 
+def _check_origin(plugin: str, dist: str, version: str) -> None:
+    """The entry-point and distribution names and the version follow the name rule."""
+    check_name("plugin", plugin)
+    check_name("distribution", dist)
+    check_version("distribution", version)
+
+
+def _printable(plugin: str, dist: str, version: str) -> tuple[str, str, str]:
+    """What a failure line may show: each value as it is when safe, else ``shown``."""
+    return (plugin if is_safe_name(plugin) else shown(plugin),
+            dist if is_safe_name(dist) else shown(dist),
+            version if is_safe_name(version, version=True) else shown(version))
+
+
 class _Registrar:
     """The ``register`` callables handed to one plugin's hooks; remembers what the plugin
     added so a failing plugin can be removed whole."""
@@ -81,9 +98,7 @@ class _Registrar:
         self.added: list[tuple] = []
 
     def method(self, cls) -> None:
-        name = getattr(cls, "name", None)
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"method class {cls!r} has no string `name`")
+        name = check_name("method", getattr(cls, "name", None))
         if name in self.methods:
             raise ValueError(f"method {name!r} already provided by plugin {self.methods[name].plugin!r}")
         self.methods[name] = MethodEntry(name, cls, self.plugin, self.dist, self.version)
@@ -91,8 +106,7 @@ class _Registrar:
 
     def _into(self, registry, kind: str):
         def register(name: str, obj) -> None:
-            if not isinstance(name, str) or not name:
-                raise TypeError(f"{kind} name {name!r} is not a non-empty string")
+            check_name(kind, name)
             if name in registry.module_dict:
                 raise ValueError(f"{kind} {name!r} is already registered")
             registry.register_module(name=name, module=obj)
@@ -149,13 +163,14 @@ def load_plugins(reload: bool = False) -> LoadedPlugins:
         registrar = _Registrar(ep.name, dist, version, methods)
         before = {k: set(r.module_dict) for k, r in (("datasets", DATASETS), ("backbones", BACKBONES))}
         try:
+            _check_origin(ep.name, dist, version)  # before any of the plugin's code runs
             manager.register(ep.load(), name=ep.name)
             _call_hooks(manager, ep.name, registrar)
         except Exception as exc:  # noqa: BLE001 - isolation is the point
             registrar.undo()
             if manager.has_plugin(ep.name):
                 manager.unregister(name=ep.name)
-            failures.append(PluginFailure(ep.name, dist, version, one_line(exc)))
+            failures.append(PluginFailure(*_printable(ep.name, dist, version), one_line(exc)))
             continue
         _REGISTRARS.append(registrar)
         for kind, registry in (("datasets", DATASETS), ("backbones", BACKBONES)):

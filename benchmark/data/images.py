@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from registry import DATASETS, load_plugins
+from registry.names import check_name
 
 from ..errors import BenchmarkError, DataError
 
@@ -100,7 +101,9 @@ def build_dataset(name: str, data_root=None, **options) -> ImageSet:
     if name not in DATASETS.module_dict:
         known = ", ".join(sorted(DATASETS.module_dict))
         raise BenchmarkError(f"unknown dataset {name!r}; known datasets: {known}")
-    return DATASETS.build(dict(type=name, data_root=data_root, **options))
+    dataset = DATASETS.module_dict[name](data_root=data_root, **options)  # not .build: "a.b" is no scope
+    check_name("dataset", dataset.name)  # a plugin's builder names its ImageSet
+    return dataset
 
 
 def hash_files(root: Path, paths: list[str]) -> str:

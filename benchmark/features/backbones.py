@@ -72,7 +72,7 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     load_plugins()  # third-party backbones register through the plugin hooks
     if name not in BACKBONES.module_dict:
         raise BenchmarkError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES.module_dict))}")
-    return BACKBONES.build(dict(type=name, **kwargs))
+    return BACKBONES.module_dict[name](**kwargs)  # not .build: Registry.get reads "a.b" as a scope
 
 
 def load_imagenet_state(path: str) -> dict:

@@ -1,7 +1,9 @@
 """Frozen-regime features: computed once per (images, backbone, transform), cached on disk.
 
-The cache entry is a folder named by a hash of the dataset fingerprint (image bytes,
-labels, split), the backbone and its weights, and the transform. It holds one fp16 ``.npy``
+The cache entry is a folder ``<dataset name>-<key>`` directly inside the cache folder (the
+name made one safe path component, ``registry.names.safe_file_name``), the key a hash of the
+dataset fingerprint (image bytes, labels, split), the backbone and its weights, and the
+transform. It holds one fp16 ``.npy``
 per output (``pooled``, ``s8``, ``s16``, ``s32``) covering every image of the dataset, and
 is written to a temporary folder and renamed, so an interrupted extraction leaves nothing.
 """
@@ -19,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
+
+from registry.names import safe_file_name
 
 from ..data import ImageSet
 from ..errors import DataError
@@ -79,7 +83,7 @@ def extract_features(dataset: ImageSet, backbone: str = "efficientnet_lite0",
     model = build_backbone(backbone, **({"weights": weights} if weights else {}))
     model.eval()
     key = cache_key(dataset, backbone, model.weights_id, transform)
-    folder = Path(cache_dir or default_cache_dir()) / f"{dataset.name}-{key}"
+    folder = Path(cache_dir or default_cache_dir()) / safe_file_name(f"{dataset.name}-{key}")
     if (folder / "done").is_file():
         return _open(folder, on_bad_image)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
