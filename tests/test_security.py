@@ -182,7 +182,7 @@ def test_run_refuses_unsafe_names_and_runs_dotted_ones(plugin_env, tmp_path):
     sneaky = run_cli("run", "--methods", "lsh", "--dataset", "sneaky", "--out", out,
                      "--cache-dir", tmp_path / "cache", "--no-progress", env=env)
     assert sneaky.returncode == 2, sneaky.stdout + sneaky.stderr
-    assert "UnsafeName" not in sneaky.stderr and "dataset name '..?..?x?y'" in sneaky.stderr
+    assert "UnsafeName" not in sneaky.stderr and "dataset sneaky: its builder's ImageSet name '..?..?x?y'" in sneaky.stderr
     assert not out.exists() and not (tmp_path / "cache").exists()
     dotted = run_cli("run", "--methods", "safe.lsh", "--dataset", "my.birds", "--backbone",
                      "tiny.net", "--input-size", "32", "--bits", "8", "--out", out,

@@ -102,7 +102,7 @@ def build_dataset(name: str, data_root=None, **options) -> ImageSet:
         known = ", ".join(sorted(DATASETS.module_dict))
         raise BenchmarkError(f"unknown dataset {name!r}; known datasets: {known}")
     dataset = DATASETS.module_dict[name](data_root=data_root, **options)  # not .build: "a.b" is no scope
-    check_name("dataset", dataset.name)  # a plugin's builder names its ImageSet
+    check_name(f"dataset {name}: its builder's ImageSet", dataset.name)  # a plugin names it
     return dataset
 
 
