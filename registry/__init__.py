@@ -9,7 +9,7 @@ from mmengine.registry import Registry
 METHODS = Registry("method", scope="benchmark")
 DATASETS = Registry("dataset", scope="benchmark",
                     locations=["benchmark.data.cub", "benchmark.data.official",
-                               "benchmark.data.synthetic"])
+                               "benchmark.data.synthetic", "benchmark.data.folder"])
 BACKBONES = Registry("backbone", scope="benchmark", locations=["benchmark.features.backbones"])
 
 from .hookspecs import hookimpl  # noqa: E402

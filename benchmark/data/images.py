@@ -94,10 +94,24 @@ def dataset_folder(data_root, folder_name: str) -> Path:
     return folder
 
 
+#: ``--dataset KIND:PATH``: your own images (``data/folder.py``: folder:PATH, csv:FILE)
+PATH_DATASETS = ("folder", "csv")
+
+
+def registered_name(name: str) -> tuple[str, dict]:
+    """The registry name of a ``--dataset`` value and the options it carries:
+    ``folder:PATH`` / ``csv:FILE`` are the ``folder`` / ``csv`` builders with ``path``."""
+    kind, sep, path = name.partition(":")
+    return (kind, {"path": path}) if sep and kind in PATH_DATASETS else (name, {})
+
+
 def build_dataset(name: str, data_root=None, **options) -> ImageSet:
-    """Build the dataset registered as ``name`` (built-in or from a plugin)."""
+    """Build the dataset registered as ``name`` (built-in or from a plugin), or your own
+    images for ``folder:PATH`` / ``csv:FILE`` (:func:`registered_name`)."""
     load_plugins()  # third-party datasets register through the plugin hooks
     DATASETS.import_from_location()
+    name, given = registered_name(name)
+    options = {**given, **options}
     if name not in DATASETS.module_dict:
         known = ", ".join(sorted(DATASETS.module_dict))
         raise BenchmarkError(f"unknown dataset {name!r}; known datasets: {known}")
