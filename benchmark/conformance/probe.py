@@ -16,6 +16,7 @@ from ..features.backbones import EfficientNetLite0
 from ..grid.protocols import Protocol, materialise
 from ..method import INPUT_NAMES
 from ..run.inputs import FrozenInputs, train_factors
+from ..run.loop import TrainData, method_view, seed_everything
 from ..run.method_run import run_method
 
 PROBE_CLASSES = 4
@@ -23,6 +24,7 @@ PROBE_TRAIN_PER_CLASS = 8
 PROBE_QUERY_PER_CLASS = 4
 PROBE_BITS = (12, 32)
 PROBE_EPOCHS = 2
+PROBE_LONG_EPOCHS = 6  # a second chance for checks a slow start can fail
 PROBE_STEPS = 5
 PROBE_SEED = 0
 PROBE_INPUT_SIZE = 64
@@ -103,9 +105,43 @@ def probe_features() -> ProbeFeatures:
     return _FEATURES
 
 
+def shuffled_probe_labels() -> np.ndarray:
+    """The probe labels with the training samples' labels permuted (seeded)."""
+    labels, train = PROBE_LABELS.copy(), np.flatnonzero(PROBE_IS_TRAIN)
+    labels[train] = np.random.default_rng(PROBE_SEED).permutation(labels[train])
+    return labels
 
-def probe_run(method_cls, bits: int, seed: int = PROBE_SEED, fresh: bool = False) -> dict:
-    """``run_method`` on the probe data (cached per class, bits and seed)."""
+
+def probe_batch(cls) -> dict:
+    """One training batch of the probe data (the first ``batch_size`` samples)."""
+    train_index = np.flatnonzero(PROBE_IS_TRAIN)[: cls.train_config["batch_size"]]
+    batch = {"inputs": probe_features().select(INPUT_NAMES[cls.inputs], train_index),
+             "labels": torch.from_numpy(PROBE_LABELS[train_index]),
+             "indices": torch.arange(len(train_index))}
+    if train_factors(cls) != (1,):
+        batch["resolution"] = torch.ones(len(train_index))  # full resolution
+    return batch
+
+
+def started_model(cls):
+    """A fresh model at the probe seed after ``on_epoch_start(0, data)`` (in eval mode,
+    without gradients, as the loop calls it), left in train mode."""
+    seed_everything(PROBE_SEED)
+    model = cls(bits=PROBE_BITS[0], num_classes=PROBE_CLASSES, input_shapes=probe_input_shapes(cls))
+    train_index = np.flatnonzero(PROBE_IS_TRAIN)
+    data = TrainData(probe_features().select(INPUT_NAMES[cls.inputs], train_index),
+                     torch.from_numpy(PROBE_LABELS[train_index]), cls.train_config["batch_size"])
+    model.eval()
+    with torch.no_grad():
+        model.on_epoch_start(0, method_view(model, data))
+    return model.train()
+
+
+def probe_run(method_cls, bits: int, seed: int = PROBE_SEED, fresh: bool = False,
+              labels: np.ndarray | None = None, epochs: int = PROBE_EPOCHS) -> dict:
+    """``run_method`` on the probe data (cached per class, bits and seed); with ``fresh``,
+    ``labels`` replace the labels the protocol is materialised from (a method trains on
+    them; its codes are evaluated with the probe's own) and ``epochs`` the probe's."""
     key = (method_cls, bits, seed)
     if fresh or key not in _RUNS:
         by_factor = {1: probe_features()}
@@ -113,10 +149,11 @@ def probe_run(method_cls, bits: int, seed: int = PROBE_SEED, fresh: bool = False
         by_factor.update({f: ProbeFeatures(PROBE_LABELS, noise=0.5 * f)
                           for f in train_factors(method_cls) if f != 1})
         try:
-            split = materialise(PROBE_LABELS, PROBE_IS_TRAIN, PROBE_CLASSES, Protocol(), seed)
+            split = materialise(PROBE_LABELS if labels is None else labels, PROBE_IS_TRAIN,
+                                PROBE_CLASSES, Protocol(), seed)
             source = FrozenInputs(method_cls, split, by_factor)
             outcome = run_method(method_cls, {}, source, PROBE_LABELS, num_classes=PROBE_CLASSES,
-                                 bits=bits, seed=seed, epochs=PROBE_EPOCHS)
+                                 bits=bits, seed=seed, epochs=epochs)
         except Exception as exc:  # noqa: BLE001 - reported as the check's reason
             outcome = exc
         if fresh:
