@@ -12,30 +12,40 @@ import sys
 from pathlib import Path
 
 from .errors import BenchmarkError
+from .report import commands as report_commands
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one ``error: ...`` line with exit status 2, like the rest."""
+
+    def error(self, message):
+        self.exit(2, f"error: {' '.join(message.split())}\n")
+
+
+def _items(text: str, what: str) -> list[str]:
+    """The comma-separated items of ``text``; an empty one (``12,,24``, ``12,``) is refused."""
+    items = [v.strip() for v in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"empty item in {text!r} (expected comma-separated {what})")
+    return items
 
 
 def _int_list(text: str) -> list[int]:
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        return [int(v) for v in _items(text, "integers")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
 
 
 def _float_list(text: str) -> list[float]:
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
+        return [float(v) for v in _items(text, "numbers")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
 
 
 def _name_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+    return _items(text, "names")
 
 
 def cmd_list(args) -> int:
@@ -77,7 +87,11 @@ def cmd_run(args) -> int:
                           long_tail=args.long_tail, resolution=args.resolution,
                           resolution_db=args.resolution_db, val_frac=args.val_frac,
                           on_bad_image=args.on_bad_image, backbone=args.backbone,
-                          backbone_weights=args.backbone_weights)
+                          backbone_weights=args.backbone_weights, device=args.device,
+                          precision=args.precision, workers=args.workers,
+                          keep_checkpoints=args.keep_checkpoints, hparams=args.hparams,
+                          config=args.config, executor=args.executor,
+                          ray_address=args.ray_address, max_parallel=args.max_parallel)
     records = run_grid(request)
     failed = [r for r in records if r["status"] != "ok"]
     print(f"{len(records) - len(failed)} runs ok, {len(failed)} failed; "
@@ -90,17 +104,10 @@ def cmd_leaderboard(args) -> int:
     from registry.loading import BUILTIN_DISTRIBUTION
     from .report import files as exports
     from .report.papers import PAPERS_FILE, read_papers
-    from .store.records import read_records
-    from .store.sqlite import ResultStore
     out = Path(args.out)
-    if args.records:
-        records = read_records(Path(args.records))
-    else:
-        store_path = Path(args.results) / "results.sqlite"
-        if not store_path.is_file():
-            raise BenchmarkError(f"no result store at {store_path}")
-        with ResultStore(store_path) as store:
-            records = store.records()
+    records = exports.load(results=Path(args.results),
+                           records_file=Path(args.records) if args.records else None)
+    records = [r for r in records if not (r.get("spec") or {}).get("tuning")]  # tune's trials
     papers = Path(args.papers) if args.papers else out / PAPERS_FILE
     if args.papers and not papers.is_file():
         raise BenchmarkError(f"no paper results file at {papers}")
@@ -179,6 +186,7 @@ def _run_parser(sub) -> None:
     run.add_argument("--regime", default="frozen")
     run.add_argument("--input-size", type=int, default=224)
     run.add_argument("--epochs", type=int, default=None, help="override every method's epochs")
+    _settings_arguments(run)
     run.add_argument("--max-classes", type=int, default=None,
                      help="use only the first K classes (quick runs; a separate leaderboard)")
     run.add_argument("--out", default="results")
@@ -186,7 +194,57 @@ def _run_parser(sub) -> None:
     run.add_argument("--cache-dir", default=None,
                      help="feature cache (default: $BENCHMARK_CACHE_DIR or ~/.cache/fghashbench)")
     run.add_argument("--no-progress", action="store_true")
+    _executor_arguments(run)
     _protocol_arguments(run)
+
+
+def _executor_arguments(run) -> None:
+    run.add_argument("--executor", default="local", choices=["local", "ray"],
+                     help="local: one run after another in this process; ray: one Ray task per run")
+    run.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="Ray cluster to join (auto: the one running here; default: start a "
+                          "local Ray with this machine's CPUs)")
+    run.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                     help="at most N runs at once on Ray (default: the cluster's CPUs)")
+
+
+def _settings_arguments(parser) -> None:
+    parser.add_argument("--hparams", default=None, metavar="M.NAME=V[,...]",
+                        help="method hyperparameters, e.g. dsh.alpha=0.1,dsh.lr=0.02")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="an mmengine config (.py/.yaml/.json): hparams, variants, selection")
+
+
+def _tune_parser(sub) -> None:
+    tune = sub.add_parser("tune", help="equal-budget hyperparameter search on a validation split")
+    tune.add_argument("--methods", type=_name_list, required=True)
+    tune.add_argument("--dataset", default="cub100")
+    tune.add_argument("--data-root", default=None,
+                      help="folder holding the dataset folders (default: $BENCHMARK_DATA_ROOT)")
+    tune.add_argument("--bits", type=int, default=32, help="the one bit length tuned at")
+    tune.add_argument("--trials", type=int, default=20, help="complete trials per method")
+    tune.add_argument("--val-frac", type=float, default=0.2,
+                      help="per class, this share of the train split are the tuning queries")
+    tune.add_argument("--seed", type=int, default=0, help="split, sampler and run seed")
+    tune.add_argument("--epoch-cap", type=int, default=30, help="most epochs of any trial")
+    tune.add_argument("--max-classes", type=int, default=None)
+    tune.add_argument("--input-size", type=int, default=224)
+    tune.add_argument("--out", default="results/tune")
+    tune.add_argument("--cache-dir", default=None,
+                      help="feature cache (default: $BENCHMARK_CACHE_DIR or ~/.cache/fghashbench)")
+    tune.add_argument("--progress", action="store_true", help="show progress bars")
+    _settings_arguments(tune)
+
+
+def cmd_tune(args) -> int:
+    from .tune.study import TuneRequest, tune
+    tune(TuneRequest(methods=args.methods, dataset=args.dataset, bits=args.bits,
+                     trials=args.trials, val_frac=args.val_frac, seed=args.seed,
+                     epoch_cap=args.epoch_cap, out=Path(args.out), data_root=args.data_root,
+                     cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                     max_classes=args.max_classes, input_size=args.input_size,
+                     progress=args.progress, hparams=args.hparams, config=args.config))
+    return 0
 
 
 def _protocol_arguments(run) -> None:
@@ -208,6 +266,11 @@ def _protocol_arguments(run) -> None:
                      help="backbone (registry BACKBONES): efficientnet_lite0, resnet18, resnet50")
     run.add_argument("--backbone-weights", default=None, metavar="PATH",
                      help="ImageNet checkpoint for the backbone (torchvision or mmpretrain format)")
+    compute = run.add_argument_group("compute (recorded; only --precision changes a run's identity)")
+    compute.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N")
+    compute.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    compute.add_argument("--workers", type=int, default=None, help="finetune image loaders")
+    compute.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints/*.pt")
 
 
 def _check_parser(sub) -> None:
@@ -279,16 +342,17 @@ def _reproduce_parser(sub) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
+    p = _Parser(prog="python -m benchmark", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_list_parser, _run_parser, _check_parser, _data_parser, _leaderboard_parser,
-                _perf_parser, _reproduce_parser):
+                _perf_parser, _reproduce_parser, *report_commands.PARSERS, _tune_parser):
         add(sub)
     return p
 
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "data": cmd_data, "check-plugin": cmd_check_plugin,
-            "leaderboard": cmd_leaderboard, "perf": cmd_perf, "reproduce": cmd_reproduce}
+            "leaderboard": cmd_leaderboard, "perf": cmd_perf, "reproduce": cmd_reproduce,
+            **report_commands.COMMANDS, "tune": cmd_tune}
 
 
 def main(argv=None) -> int:

@@ -37,11 +37,12 @@ def test_timing_footnote_states_the_load_while_timing_when_recorded():
     assert "load average" not in render_table(records)  # older records: nothing claimed
     for record, load in zip(records, (0.8, 6.25)):
         record["provenance"]["load_average"] = load
-    assert "measured on Toy CPU x2 (1-minute load average 0.8 to 6.2)" in render_table(records)
+    assert ("measured on Toy CPU x2 at the end of each run, in that run's process (1-minute load "
+            "average 0.8 to 6.2)") in render_table(records)
 
 
 def grid(noise=None):
-    """Two methods x bits 12/24 x seeds 0/1 (+ one failed run that must not be exported)."""
+    """Two methods x bits 12/24 x seeds 0/1 (+ one failed run, exported to failures.jsonl)."""
     rng = random.Random(0)
     records = [fake_record(m, b, s, base + b / 400 + rng.random() / 100, noise=noise)
                for m, base in (("lsh", 0.05), ("dsh", 0.2)) for b in (12, 24) for s in (0, 1)]
@@ -67,6 +68,7 @@ def test_build_is_deterministic_and_check_catches_every_kind_of_drift(tmp_path):
     assert files == exports.build(list(reversed(records)))
     plots = sorted(name for name in files if name.startswith("plots/"))
     assert plots == ["plots/toy__frozen_efficientnet_lite0_64px__clean.png",
+                     "plots/toy__frozen_efficientnet_lite0_64px__clean__efficiency.png",
                      "plots/toy__frozen_efficientnet_lite0_64px__noise=symmetric_0.2.png"]
     assert all(files[p].startswith(b"\x89PNG") and b"matplotlib" not in files[p] for p in plots)
     exports.write(files, tmp_path)
@@ -74,9 +76,14 @@ def test_build_is_deterministic_and_check_catches_every_kind_of_drift(tmp_path):
     (tmp_path / plots[0]).write_bytes(files[plots[0]][:-1] + b"\x00")
     (tmp_path / "plots" / "old.png").write_bytes(b"")
     (tmp_path / "toy.md").write_text((tmp_path / "toy.md").read_text() + " ")
-    assert sorted(exports.stale(files, tmp_path)) == sorted([plots[0], "toy.md", "plots/old.png"])
-    exports.write(files, tmp_path)  # rewriting repairs everything and removes the old plot
+    # a page of a dataset no longer in the records is stale too; hand-written notes are not
+    (tmp_path / "gone.md").write_text("# Leaderboard: gone\n\n| clean | dsh | 1.0 |\n")
+    (tmp_path / "NOTES.md").write_text("# Notes\n\nprose\n")
+    assert sorted(exports.stale(files, tmp_path)) == sorted([plots[0], "toy.md", "plots/old.png",
+                                                             "gone.md"])
+    exports.write(files, tmp_path)  # rewriting repairs everything and removes what is gone
     assert exports.stale(files, tmp_path) == [] and not (tmp_path / "plots" / "old.png").exists()
+    assert not (tmp_path / "gone.md").exists() and (tmp_path / "NOTES.md").is_file()
 
 
 def test_cli_store_and_records_give_identical_bytes_across_processes(tmp_path):
@@ -91,14 +98,16 @@ def test_cli_store_and_records_give_identical_bytes_across_processes(tmp_path):
     again = run_cli("leaderboard", "--records", from_store / "records.jsonl", "--out", from_records)
     assert again.returncode == 0, again.stderr
     names = sorted(p.relative_to(from_store) for p in from_store.rglob("*") if p.is_file())
-    assert [str(n) for n in names] == ["README.md", "plots/toy__frozen_efficientnet_lite0_64px__clean.png",
+    assert [str(n) for n in names] == ["README.md", "failures.jsonl",
+                                       "plots/toy__frozen_efficientnet_lite0_64px__clean.png",
+                                       "plots/toy__frozen_efficientnet_lite0_64px__clean__efficiency.png",
                                        "records.jsonl", "toy.md"]
     for name in names:  # PNG bytes included: another process, the same bytes
         assert (from_store / name).read_bytes() == (from_records / name).read_bytes(), name
     check = run_cli("leaderboard", "--records", from_store / "records.jsonl", "--out",
                     from_records, "--check")
     assert check.returncode == 0 and "up to date" in check.stdout
-    png = from_records / names[1]
+    png = from_records / names[2]
     png.write_bytes(png.read_bytes() + b"\x00")
     stale = run_cli("leaderboard", "--records", from_store / "records.jsonl", "--out",
                     from_records, "--check")

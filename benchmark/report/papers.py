@@ -9,7 +9,9 @@ from pathlib import Path
 from registry.loading import one_line
 
 from ..errors import BenchmarkError
-from .tables import MISSING
+from .markdown import code, escape, table
+
+MISSING = "-"
 
 PAPERS_FILE = "paper_results.json"
 
@@ -39,20 +41,18 @@ def render_papers(rows: list[dict]) -> str:
            "differ from ours (full datasets, fine-tuned backbones, their own splits and "
            "model selection), so these rows are not comparable with the measured "
            "leaderboards and are never mixed into them. mAP in %; \"-\" = not reported.", ""]
-    for (citation, table, dataset, backbone, setting), group in groups.items():
+    for (citation, source, dataset, backbone, setting), group in groups.items():
         bits = sorted({int(b) for row in group for b in row["map"]})
-        out += [f"## {dataset}, {backbone}: {table}", "", f"Source: {citation}."]
+        out += [f"## {escape(dataset)}, {escape(backbone)}: {escape(source)}", "",
+                f"Source: {escape(citation)}."]
         if setting:
-            out += ["", f"Setting: {setting}"]
+            out += ["", f"Setting: {escape(setting)}"]
         header = ["Method"] + [f"mAP@{b} bits" for b in bits] + ["Here as", "Note"]
-        out += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in group:
-            cells = [row["method"]]
-            for b in bits:
-                value = row["map"].get(str(b))
-                cells.append(MISSING if value is None else f"{value:.2f}")
-            cells += [f"`{row['here']}`" if row.get("here") else MISSING,
-                      row.get("note", "")]
-            out.append("| " + " | ".join(cells) + " |")
+        body = [[escape(row["method"])]
+                + [MISSING if row["map"].get(str(b)) is None else f"{row['map'][str(b)]:.2f}"
+                   for b in bits]
+                + [code(row["here"]) if row.get("here") else MISSING, escape(row.get("note", ""))]
+                for row in group]
+        out += ["", table(header, body)]
         out.append("")
     return "\n".join(out)
