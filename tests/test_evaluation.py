@@ -216,7 +216,40 @@ def test_reid_hand_computed_fixture():
     assert m["queries_without_relevant"] == 1
 
 
-def test_reid_matches_a_sorting_implementation_of_the_protocol():
+def small_tiles(monkeypatch):
+    """Ranking buffers so small that every database column is its own tile and every
+    query its own chunk and block."""
+    monkeypatch.setattr(ranking, "TILE_COLUMNS", 1)
+    monkeypatch.setattr(ranking, "OFFSET_ELEMENTS", 1)
+    monkeypatch.setattr(ranking, "COUNT_ELEMENTS", 1)
+    monkeypatch.setattr(ranking, "BLOCK_ELEMENTS", 1)
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_reid_hand_computed_cmc_map_and_macro_map(small, monkeypatch):
+    if small:
+        small_tiles(monkeypatch)
+    # gallery (id, camera, code) as in the fixture above; queries A = 0000 (id 1, cam 1),
+    # A2 = 0100 (id 1, cam 3), B = 0000 (id 2, cam 2), C = 1110 (id 3, cam 2)
+    gallery = [(1, 1, "0000"), (-1, 2, "0000"), (2, 2, "1000"), (1, 2, "0100"), (0, 3, "0010"),
+               (1, 3, "1100"), (3, 1, "1110")]
+    codes = lambda texts: np.array([[int(c) for c in t] for t in texts], dtype=np.uint8)
+    m = reid.evaluate_reid(codes(["0000", "0100", "0000", "1110"]), codes([g[2] for g in gallery]),
+                           np.array([1, 1, 2, 3]), np.array([g[0] for g in gallery]),
+                           np.array([1, 3, 2, 2]), np.array([g[1] for g in gallery]))
+    # A: junk 0 and 1 removed -> 2, 3, 4, 5, 6: good at ranks 2 and 4, AP 1/2, first hit 2
+    # A2: junk 1 and 5 removed -> 3 (d0), 0 (d1), 2, 4, 6 (d2): good at 1 and 2, AP 1
+    # B: its only same-id item is junk: AP 0, no hit.  C: item 6 at rank 1: AP 1
+    assert m["map"] == pytest.approx((0.5 + 1 + 0 + 1) / 4, abs=1e-15)
+    assert m["macro_map"] == pytest.approx(((0.5 + 1) / 2 + 0 + 1) / 3, abs=1e-15)
+    assert (m["rank-1"], m["rank-5"], m["rank-10"]) == (2 / 4, 3 / 4, 3 / 4)
+    assert m["queries_without_relevant"] == 1 and m["queries"] == 4
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_reid_matches_a_sorting_implementation_of_the_protocol(small, monkeypatch):
+    if small:
+        small_tiles(monkeypatch)
     rng = np.random.default_rng(11)
     q, g = rng.integers(0, 2, (25, 10), dtype=np.uint8), rng.integers(0, 2, (300, 10), dtype=np.uint8)
     qid, gid = rng.integers(1, 8, 25), rng.integers(-1, 8, 300)
@@ -231,6 +264,8 @@ def test_reid_matches_a_sorting_implementation_of_the_protocol():
         firsts.append(good.index(True) + 1 if any(good) else np.inf)
     m = reid.evaluate_reid(q, g, qid, gid, qcam, gcam)
     assert m["map"] == pytest.approx(np.mean(aps), abs=1e-12)
+    assert m["macro_map"] == pytest.approx(np.mean([np.mean(np.array(aps)[qid == i]) for i in np.unique(qid)]),
+                                           abs=1e-12)
     for k in (1, 5, 10):
         assert m[f"rank-{k}"] == pytest.approx(np.mean(np.array(firsts) <= k), abs=1e-12)
     assert m["queries_without_relevant"] == int(np.isinf(firsts).sum())
@@ -252,3 +287,31 @@ def test_real_valued_map_equals_hamming_map_for_sign_vectors():
     ql, dl = rng.integers(0, 4, 30), rng.integers(0, 4, 200)
     value = evaluation.map_real_valued(2.0 * q - 1, 2.0 * d - 1, ql, dl, chunk=7)
     assert value == pytest.approx(evaluate_codes(q, d, ql, dl)["map"], abs=1e-12)
+
+
+def test_large_database_counts_in_32_bits_and_matches_brute_force():
+    """Over 2**15 database items the per-distance counters are int32 (int16 would wrap:
+    here one distance holds 36,000 items) and the database is cut into several tiles."""
+    rng = np.random.default_rng(5)
+    n_db, bits = 40_000, 6
+    d = np.zeros((n_db, bits), dtype=np.uint8)
+    d[:4_000] = rng.integers(0, 2, (4_000, bits), dtype=np.uint8)
+    dl = rng.integers(0, 3, n_db)
+    q, ql = rng.integers(0, 2, (5, bits), dtype=np.uint8), np.array([0, 1, 2, 0, 1])
+    assert ranking._Ranker(d, dl).count_type == torch.int32 and n_db > 4 * ranking.TILE_COLUMNS
+    dist = (q[:, None, :] != d[None, :, :]).sum(-1)
+    expected = []
+    for i in range(len(q)):
+        relevant = (dl == ql[i])[np.lexsort((np.arange(n_db), dist[i]))]
+        hits = np.cumsum(relevant)
+        expected.append((hits / np.arange(1, n_db + 1))[relevant].sum() / relevant.sum())
+    assert evaluation.evaluate_retrieval(q, d, ql, dl).per_query_ap == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_label_with_too_many_members_is_refused(monkeypatch):
+    monkeypatch.setattr(ranking, "MAX_COUNT_ELEMENTS", 9 * 20)  # 19 members at 8 bits
+    codes = np.zeros((20, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match="20 database items share one label: too many for exact "
+                                         "8-bit evaluation \\(at most 19\\)"):
+        evaluate_codes(codes[:1], codes, np.zeros(1), np.zeros(20))
+    assert evaluate_codes(codes[:1], codes[:19], np.zeros(1), np.zeros(19))["map"] == 1.0
