@@ -11,8 +11,13 @@ and then either
 
 Afterwards ``encode(inputs)`` maps inputs to real values of shape ``(N, bits)``; the
 harness binarises them (``h >= 0`` -> 1) so ``sign(0)`` never produces half-integer
-distances. Labels never reach ``encode``. A method may also expose ``real_valued(inputs)``,
-the real-valued feature its codes stand for (binary-vs-real-valued comparisons).
+distances. Labels never reach ``encode``, and ``encode`` must not change the model (the
+harness compares a hash of its parameters and buffers before and after encoding and fails
+the run if they differ). A method may also expose ``real_valued(inputs)``, the real-valued
+feature its codes stand for (binary-vs-real-valued comparisons), ``encode_database(inputs,
+indices)`` (asymmetric methods: codes of training-split database samples) and
+``epoch_indices(epoch, num_train, generator)`` (which training samples an epoch uses).
+Unsupervised methods (``supervised = False``) get no ``labels`` in their batches.
 
 Inputs (the same names in both regimes)
 ---------------------------------------
@@ -40,8 +45,10 @@ the backbone's use the harness's SGD recipe. ``encode`` receives the un-augmente
 Training batches
 ----------------
 A training ``batch`` is a dict with ``inputs`` (as above), ``labels`` (LongTensor, train
-labels after the protocol's label noise; the method never sees clean or test labels) and
-``indices`` (LongTensor, positions in the training set, stable across epochs).
+labels after the protocol's label noise; the method never sees clean or test labels;
+supervised methods only) and ``indices`` (LongTensor, positions in the training set,
+stable across epochs). With ``epoch_indices`` an epoch's batches cover only the positions
+it returns (in a seeded random order); without it, every training sample.
 
 Training at several resolutions (``train_resolutions``)
 -------------------------------------------------------
@@ -56,9 +63,29 @@ each sample's resolution ratio ``r = 1 / factor`` (1.0 = full resolution). The d
 draws, so such methods train exactly as before. ``on_epoch_start`` always sees the
 full-resolution inputs; ``encode`` never receives the resolution (a query's resolution is
 unknown at test time), nor does ``fit``.
+
+Hyperparameters
+---------------
+A method's hyperparameters are flat names (:func:`hparam_defaults`): its constructor's
+keyword arguments with their defaults (followed up the class hierarchy while an
+``__init__`` forwards ``**kwargs``) and, for trainable methods, ``train_config`` flattened:
+``epochs``, ``batch_size``, ``optimizer`` (the ``torch.optim`` class name) and the
+optimiser's keyword arguments (``lr``, ``momentum``, ...). Users set them per method
+(``--hparams dsh.alpha=0.1,dsh.lr=0.02`` or a ``--config`` file); a value must have its
+default's type and lie in ``hparam_ranges`` (and, for training ones, the harness's
+``TRAIN_RANGES``). ``search_space`` declares what ``python -m benchmark tune`` may vary.
+The run id covers the resolved values (defaults filled in) and a digest of the method's
+code, so changing a default re-runs the method.
+
+Variants
+--------
+A subclass that sets ``name`` and ``variant_hparams = {...}`` is a named variant: the same
+code with other defaults (an ablation row). A ``--config`` file defines variants the same
+way (``name``, ``base``, ``hparams``); both are run by name.
 """
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 import torch
@@ -80,6 +107,33 @@ class HashMethod(nn.Module):
         "epochs": 30, "batch_size": 64,
         "optimizer": {"type": "SGD", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4},
     }
+    #: valid values (see "Hyperparameters"): name -> (low, high), inclusive, None = open.
+    hparam_ranges: ClassVar[dict] = {}
+    #: what ``tune`` searches (see "Hyperparameters"): name -> ("float" | "log" | "int",
+    #: low, high) or ("choice", [values]).
+    search_space: ClassVar[dict] = {}
+    #: a named variant's settings over its base class's defaults (see "Variants").
+    variant_hparams: ClassVar[dict] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        """A class that declares ``variant_hparams`` gets them as constructor defaults (on
+        top of its parent's), so constructing it directly gives the variant too."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("variant_hparams")
+        if own is None:
+            return
+        parent = super(cls, cls).variant_hparams
+        unknown = sorted(set(own) - set(hparam_defaults(cls.__mro__[1])))
+        if unknown:
+            raise TypeError(f"{cls.__name__}: variant_hparams names unknown hyperparameters "
+                            f"{', '.join(unknown)}")
+        cls.variant_hparams = {**parent, **own}
+        keywords = {k: v for k, v in own.items() if k in _constructor_defaults(cls)}
+        inner = cls.__init__
+
+        def __init__(self, bits, num_classes, input_shapes, **hparams):
+            inner(self, bits, num_classes, input_shapes, **{**keywords, **hparams})
+        cls.__init__ = __init__
 
     def __init__(self, bits: int, num_classes: int, input_shapes: dict[str, tuple]):
         super().__init__()
@@ -110,6 +164,82 @@ class HashMethod(nn.Module):
         its cosine-ranking mAP (``map_real``) and float search latency, so the cost of
         binarising is measured, not assumed. ``None`` (the default): no such feature."""
         return None
+
+    def encode_database(self, inputs, indices: torch.Tensor) -> torch.Tensor | None:
+        """Optional (asymmetric methods, e.g. ADSH's learned database codes): real values
+        (N, bits) for the database samples at training-set positions ``indices`` (LongTensor,
+        the same positions as ``batch["indices"]``), binarised like ``encode``'s. The harness
+        calls it only when the database is the training split, for the database side (also
+        in validation selection); queries always go through ``encode``, and the record says
+        ``provenance.asymmetric``. ``None`` (the default): encode the database with ``encode``."""
+        return None
+
+    def epoch_indices(self, epoch: int, num_train: int,
+                      generator: torch.Generator) -> torch.Tensor | None:
+        """Optional sampler: the training positions (1-D LongTensor, values in
+        ``0..num_train - 1``) this epoch's batches cover, e.g. ADSH's sampled Omega; draw any
+        randomness from ``generator`` (the run-seeded one the harness shuffles with). Called
+        before ``on_epoch_start``; the harness shuffles the positions and batches them.
+        ``None`` (the default): every training sample, each epoch."""
+        return None
+
+
+CONSTRUCTOR_ARGS = ("bits", "num_classes", "input_shapes")
+#: valid ranges of training hyperparameters (inclusive; None = open), for every method
+TRAIN_RANGES = {"epochs": (1, None), "batch_size": (2, None), "lr": (0, None),
+                "weight_decay": (0, None), "momentum": (0, 1)}
+
+
+def _constructor_defaults(cls) -> dict:
+    """Keyword defaults the constructor accepts: the nearest ``__init__``'s and, while it
+    forwards ``**kwargs``, those of the next one up the MRO (the nearer default wins)."""
+    out: dict = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())
+        for p in params:
+            if (p.default is not p.empty and p.name not in CONSTRUCTOR_ARGS
+                    and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)):
+                out.setdefault(p.name, p.default)
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return out
+
+
+def train_defaults(cls) -> dict:
+    """``train_config`` as flat hyperparameters ({} for closed-form methods)."""
+    if not cls.trainable:
+        return {}
+    config = {k: v for k, v in cls.train_config.items() if k != "optimizer"}
+    optimizer = dict(cls.train_config.get("optimizer", {}))
+    return {"epochs": 1, "batch_size": 64, **config, "optimizer": optimizer.pop("type", None),
+            **optimizer}
+
+
+def hparam_defaults(cls) -> dict:
+    """Every hyperparameter of ``cls`` and its default (see "Hyperparameters")."""
+    keywords, training = _constructor_defaults(cls), train_defaults(cls)
+    clash = sorted(set(keywords) & set(training))
+    if clash:
+        raise TypeError(f"{cls.__name__}: constructor keywords {', '.join(clash)} clash with "
+                        f"training hyperparameters")
+    return {**keywords, **training, **cls.variant_hparams}
+
+
+def split_hparams(cls, values: dict) -> tuple[dict, dict | None]:
+    """(constructor keywords, training config or None) of flat resolved hyperparameters."""
+    keywords = _constructor_defaults(cls)
+    kwargs = {k: v for k, v in values.items() if k in keywords}
+    if not cls.trainable:
+        return kwargs, None
+    top = {k for k in cls.train_config if k != "optimizer"} | {"epochs", "batch_size"}
+    config = {k: v for k, v in values.items() if k in top}
+    config["optimizer"] = {"type": values["optimizer"],
+                           **{k: v for k, v in values.items()
+                              if k not in keywords and k not in top and k != "optimizer"}}
+    return kwargs, config
 
 
 def pooled_mlp_head(input_shapes: dict, bits: int, hidden: int = 1024) -> list[nn.Module]:

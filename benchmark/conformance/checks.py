@@ -32,15 +32,16 @@ import torch
 from registry import load_plugins
 from registry.loading import one_line
 
-from ..eval.metrics import map_real_valued
+from ..eval.metrics import evaluate_codes, map_real_valued
 from ..eval.profiling import count_macs, count_params
 from ..method import INPUT_NAMES, HashMethod
 from ..run.encode import encode_all
-from ..run.inputs import train_factors
-from ..run.loop import TrainData, build_optimizer, overrides, seed_everything
+from ..run.loop import build_optimizer, overrides, seed_everything
 from .probe import (PROBE_BITS, PROBE_CLASSES, PROBE_SEED, PROBE_STEPS, ConformanceError,
-                    PROBE_IS_TRAIN, PROBE_LABELS, probe_features, probe_input_shapes, probe_run,
-                    resolve_method)
+                    PROBE_IS_TRAIN, PROBE_LABELS, probe_batch, probe_features, probe_input_shapes,
+                    probe_run, resolve_method, started_model)
+from .behaviour import BEHAVIOUR_CHECKS
+from .hooks import check_database_hook
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,9 @@ def check_parameters_reported(method) -> str:
             macs = count_macs(_EncodePath(trained, shapes), example)
     except Exception as exc:  # noqa: BLE001
         raise ConformanceError(f"MAC counting of encode failed: {one_line(exc)}")
+    if macs <= 0:
+        raise ConformanceError("encode reports 0 MACs: its work is invisible to the profiler "
+                               "(computed outside torch?)")
     return f"{params:,} parameters + buffers, {macs:,} MACs per sample in encode"
 
 
@@ -247,16 +251,6 @@ def check_same_seed_same_codes(method) -> str:
     return f"seed {PROBE_SEED}, {PROBE_BITS[0]} bits: identical codes in two runs"
 
 
-def _probe_batch(cls) -> dict:
-    train_index = np.flatnonzero(PROBE_IS_TRAIN)[: cls.train_config["batch_size"]]
-    batch = {"inputs": probe_features().select(INPUT_NAMES[cls.inputs], train_index),
-             "labels": torch.from_numpy(PROBE_LABELS[train_index]),
-             "indices": torch.arange(len(train_index))}
-    if train_factors(cls) != (1,):
-        batch["resolution"] = torch.ones(len(train_index))  # full resolution
-    return batch
-
-
 def _total_loss(method, batch) -> tuple[dict, torch.Tensor]:
     torch.manual_seed(PROBE_SEED)  # the same dropout masks for every evaluation
     losses = method.loss(batch)
@@ -281,17 +275,8 @@ def check_losses_finite_and_decreasing(method) -> str:
     history = probe_run(cls, PROBE_BITS[0])["history"]
     if any(h is None or not math.isfinite(h) for h in history):
         raise ConformanceError(f"non-finite epoch loss in the probe run: {history}")
-    seed_everything(PROBE_SEED)
-    names = INPUT_NAMES[cls.inputs]
-    model = cls(bits=PROBE_BITS[0], num_classes=PROBE_CLASSES, input_shapes=probe_input_shapes(cls))
-    train_index = np.flatnonzero(PROBE_IS_TRAIN)
-    data = TrainData(probe_features().select(names, train_index),
-                     torch.from_numpy(PROBE_LABELS[train_index]), cls.train_config["batch_size"])
-    model.eval()
-    with torch.no_grad():
-        model.on_epoch_start(0, data)
-    model.train()
-    batch = _probe_batch(cls)
+    model = started_model(cls)
+    batch = probe_batch(cls)
     optimizer = build_optimizer(model, cls.train_config["optimizer"])
     losses, first = _total_loss(model, batch)
     if not any(v.requires_grad for v in losses.values()):
@@ -309,9 +294,49 @@ def check_losses_finite_and_decreasing(method) -> str:
     return f"terms {sorted(losses)}; loss {before:.4g} -> {after:.4g} in {PROBE_STEPS} steps"
 
 
+#: epochs of the probe run that must beat LSH (the shared probe run trains for 2, too few
+#: steps on 32 samples for most methods to separate 4 classes)
+BEATS_LSH_EPOCHS = 10
+
+
+def _probe_map(codes: dict) -> float:
+    return evaluate_codes(codes["query_codes"], codes["db_codes"], codes["query_labels"],
+                          codes["db_labels"])["map_tie_aware"]
+
+
+def _lsh_probe_map(bits: int) -> float:
+    """Tie-aware mAP of LSH (sign of seeded Gaussian projections of the mean-centred pooled
+    probe feature, Charikar 2002) on the probe data: the floor a learned code must clear."""
+    train, query = np.flatnonzero(PROBE_IS_TRAIN), np.flatnonzero(~PROBE_IS_TRAIN)
+    db = probe_features().select(["pooled"], train)["pooled"]
+    queries = probe_features().select(["pooled"], query)["pooled"]
+    projection = torch.randn(db.shape[1], bits, generator=torch.Generator().manual_seed(PROBE_SEED))
+    mean = db.mean(0)
+    codes = {"db_codes": ((db - mean) @ projection >= 0).numpy().astype(np.uint8),
+             "query_codes": ((queries - mean) @ projection >= 0).numpy().astype(np.uint8),
+             "db_labels": PROBE_LABELS[train], "query_labels": PROBE_LABELS[query]}
+    return _probe_map(codes)
+
+
+def check_beats_lsh(method) -> str:
+    """A trainable supervised method, trained ``BEATS_LSH_EPOCHS`` epochs on the probe data,
+    gets a higher tie-aware mAP at ``PROBE_BITS[0]`` bits than LSH on the same data
+    (closed-form or unsupervised methods: not applicable)."""
+    cls = resolve_method(method)
+    if not (cls.trainable and cls.supervised):
+        return "not applicable: " + ("closed-form" if not cls.trainable else "unsupervised") + " method"
+    bits = PROBE_BITS[0]
+    found = _probe_map(probe_run(cls, bits, fresh=True, epochs=BEATS_LSH_EPOCHS)["codes"])
+    floor = _lsh_probe_map(bits)
+    if not found > floor:
+        raise ConformanceError(f"after {BEATS_LSH_EPOCHS} probe epochs, mAP (tie-aware) "
+                               f"{found:.3f} does not beat LSH's {floor:.3f} at {bits} bits")
+    return f"mAP (tie-aware) {found:.3f} > LSH {floor:.3f} at {bits} bits"
+
+
 CHECKS = (check_contract, check_parameters_reported, check_codes_shape_and_binarised,
           check_real_valued, check_encode_without_labels, check_same_seed_same_codes,
-          check_losses_finite_and_decreasing)
+          check_losses_finite_and_decreasing, check_database_hook, check_beats_lsh) + BEHAVIOUR_CHECKS
 
 
 def checks_for(method) -> tuple:

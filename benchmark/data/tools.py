@@ -181,12 +181,23 @@ def _safe_extract(archive: Path, target: Path) -> None:
     # anything else (e.g. a .mat file) is kept as it is
 
 
+def _make_data_root(data_root):
+    """``download`` creates a missing data root (``--data-root`` or ``$BENCHMARK_DATA_ROOT``)."""
+    root = data_root or os.environ.get("BENCHMARK_DATA_ROOT")
+    if root:
+        try:
+            Path(root).expanduser().mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot create the data root {root}: {exc.strerror or exc}") from None
+    return data_root
+
+
 def download(name: str, data_root=None, url: str | None = None, md5: str | None = None,
              sha256: str | None = None, out=print) -> list[Path]:
     """Fetch the official archive(s) of ``name`` (or ``url`` with its ``sha256`` and/or
     ``md5``), verify every checksum, unpack into the data root; return the files fetched."""
     archives = _archives(name, url, md5, sha256)
-    root = resolve_data_root(data_root)
+    root = resolve_data_root(_make_data_root(data_root))
     target = root / FOLDERS[name] if name == "flowers102" else root
     target.mkdir(parents=True, exist_ok=True)
     fetched = []

@@ -12,11 +12,25 @@ from ..method import HashMethod
 
 
 @torch.no_grad()
-def in_batches(fn, inputs: dict[str, torch.Tensor], batch_size: int, device=None) -> list:
-    """``fn`` over consecutive batches of ``inputs`` (moved to ``device``), without gradients."""
+def in_batches(fn, inputs: dict[str, torch.Tensor], batch_size: int, device=None,
+               positions: torch.Tensor | None = None) -> list:
+    """``fn`` over consecutive batches of ``inputs`` (moved to ``device``), without gradients;
+    with ``positions``, ``fn(batch, positions of the batch)``."""
     n = len(next(iter(inputs.values())))
-    return [fn({k: v[s:s + batch_size].to(device) if device is not None else v[s:s + batch_size]
-                for k, v in inputs.items()}) for s in range(0, n, batch_size)]
+    move = (lambda v: v.to(device)) if device is not None else (lambda v: v)
+    return [fn({k: move(v[s:s + batch_size]) for k, v in inputs.items()},
+               *(() if positions is None else (move(positions[s:s + batch_size]),)))
+            for s in range(0, n, batch_size)]
+
+
+def _binarised(method: HashMethod, values: torch.Tensor, n: int, hook: str) -> np.ndarray:
+    """Check a hook's real values (shape (n, bits), finite) and binarise them."""
+    if values.shape != (n, method.bits):
+        raise BenchmarkError(f"method {method.name!r}: {hook} returned shape "
+                             f"{tuple(values.shape)}, expected ({n}, {method.bits})")
+    if not torch.isfinite(values).all():
+        raise FloatingPointError(f"{hook} returned non-finite values")
+    return binarise(values)
 
 
 def encode_all(method: HashMethod, inputs: dict[str, torch.Tensor], batch_size: int = 256,
@@ -24,13 +38,24 @@ def encode_all(method: HashMethod, inputs: dict[str, torch.Tensor], batch_size: 
     """0/1 uint8 codes (N, bits) of ``inputs``."""
     method.eval()
     n = len(next(iter(inputs.values())))
-    values = torch.cat(in_batches(method.encode, inputs, batch_size, device))
-    if values.shape != (n, method.bits):
-        raise BenchmarkError(f"method {method.name!r}: encode returned shape "
-                             f"{tuple(values.shape)}, expected ({n}, {method.bits})")
-    if not torch.isfinite(values).all():
-        raise FloatingPointError("encode returned non-finite values")
-    return binarise(values)
+    return _binarised(method, torch.cat(in_batches(method.encode, inputs, batch_size, device)),
+                      n, "encode")
+
+
+def encode_database_all(method: HashMethod, inputs: dict[str, torch.Tensor], positions,
+                        batch_size: int = 256, device=None) -> np.ndarray | None:
+    """0/1 uint8 codes (N, bits) of training-split database samples (``inputs`` at training
+    positions ``positions``) from the method's ``encode_database``; None when it gives none
+    (the database is then encoded with ``encode``)."""
+    method.eval()
+    positions = torch.as_tensor(np.asarray(positions), dtype=torch.long)
+    parts = in_batches(method.encode_database, inputs, batch_size, device, positions)
+    if all(p is None for p in parts):
+        return None
+    if any(p is None for p in parts):
+        raise BenchmarkError(f"method {method.name!r}: encode_database returned None for "
+                             f"some batches only")
+    return _binarised(method, torch.cat(parts), len(positions), "encode_database")
 
 
 def real_valued_all(method: HashMethod, inputs: dict[str, torch.Tensor], batch_size: int = 256,

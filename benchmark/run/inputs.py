@@ -19,9 +19,12 @@ import torch
 
 from ..errors import BenchmarkError, DataError
 from ..features.backbones import build_backbone
-from ..features.transforms import Transform, augment, to_tensor
+from ..features.cache import OUTPUTS
+from ..features.lazy import FeatureView
 from ..method import INPUT_NAMES
-from .loop import TrainData
+from .device import Amp, default_workers, resolve_device
+from .images import ImageItems, ImageLoader, ImageStream
+from .loop import TrainData, epoch_order
 
 BACKBONE_SGD = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4}
 
@@ -39,9 +42,21 @@ def train_factors(method_cls) -> tuple:
     return tuple(getattr(method_cls, "train_resolutions", (1,)) or (1,))
 
 
+def frozen_outputs(method_classes) -> tuple[str, ...]:
+    """The cached outputs a frozen grid of these methods reads (what the cache computes)."""
+    wanted = {n for cls in method_classes
+              for n in INPUT_NAMES.get(getattr(cls, "inputs", "pooled"), ())}
+    return tuple(n for n in OUTPUTS if n in wanted)
+
+
 class FrozenInputs:
     """Cached features of one split. ``by_factor`` maps a downsampling factor to its
-    features (1 = full resolution); ``query_factor``/``db_factor`` are the protocol's."""
+    features (1 = full resolution); ``query_factor``/``db_factor`` are the protocol's.
+
+    Every role's inputs (and the training set's) are :class:`~benchmark.features.lazy.FeatureView`
+    objects over the cached arrays: batches, encoding, validation and ``on_epoch_start``
+    read the rows they use from the cache file, so memory does not grow with the split's
+    stage maps."""
     device = torch.device("cpu")
 
     def __init__(self, method_cls, split, by_factor: dict, query_factor=1, db_factor=1):
@@ -52,10 +67,14 @@ class FrozenInputs:
             raise BenchmarkError(f"method {method_cls.name!r} needs {', '.join(absent)}, which "
                                  f"cached frozen features do not hold (use --regime finetune)")
         self.factors = {"train": 1, "val": 1, "query": query_factor, "db": db_factor}
-        self._train = by_factor[1].select(self.names, split.train_index)
+
+    def views(self, factor, index) -> dict[str, FeatureView]:
+        arrays = self.by_factor[factor].arrays
+        return {n: FeatureView(arrays[n], index) for n in self.names}
 
     def shapes(self) -> dict[str, tuple]:
-        return {n: tuple(v.shape[1:]) for n, v in self._train.items()}
+        arrays = self.by_factor[1].arrays
+        return {n: tuple(arrays[n].shape[1:]) for n in self.names}
 
     def index(self, role: str) -> np.ndarray:
         return getattr(self.split, f"{role}_index")
@@ -63,11 +82,7 @@ class FrozenInputs:
     def inputs(self, role: str):
         """(inputs, kept positions) of a role's images for encoding."""
         index = self.index(role)
-        kept = np.arange(len(index))
-        if role == "train" or (role == "db" and self.factors["db"] == 1
-                               and np.array_equal(index, self.split.train_index)):
-            return self._train, kept
-        return self.by_factor[self.factors[role]].select(self.names, index), kept
+        return self.views(self.factors[role], index), np.arange(len(index))
 
     def training_set(self, labels: torch.Tensor, batch_size: int) -> TrainData:
         factors = train_factors(self.method_cls)
@@ -77,9 +92,8 @@ class FrozenInputs:
             if missing:
                 raise BenchmarkError(f"method {self.method_cls.name!r}: no features at training "
                                      f"resolution factor(s) {missing}")
-            by_factor = {f: self._train if f == 1 else
-                         self.by_factor[f].select(self.names, self.split.train_index) for f in factors}
-        return TrainData(self._train, labels, batch_size, by_factor)
+            by_factor = {f: self.views(f, self.split.train_index) for f in factors}
+        return TrainData(self.views(1, self.split.train_index), labels, batch_size, by_factor)
 
     def modules(self) -> list:
         return []
@@ -88,24 +102,11 @@ class FrozenInputs:
         return []
 
 
-class ImageLoader:
-    """Loads dataset images, dropping (and remembering) unreadable ones under ``skip``."""
-
-    def __init__(self, dataset, on_bad_image: str):
-        self.dataset, self.on_bad_image, self.skipped = dataset, on_bad_image, {}
-
-    def __call__(self, index: int):
-        try:
-            return self.dataset.load(int(index))
-        except DataError as exc:
-            if self.on_bad_image != "skip":
-                raise
-            self.skipped[int(index)] = str(exc)
-            return None
-
-
 class FinetuneInputs:
-    """The trainable backbone on the dataset's images (see the module docstring)."""
+    """The trainable backbone on the dataset's images (see the module docstring), on
+    ``request.device`` in channels_last, forward passes under the spec's ``precision``
+    (``run.device.Amp``), images decoded by ``request.workers`` DataLoader workers
+    (``run.images``; results do not depend on their number)."""
 
     def __init__(self, method_cls, split, dataset, spec: dict, request):
         self.method_cls, self.split, self.dataset = method_cls, split, dataset
@@ -113,17 +114,26 @@ class FinetuneInputs:
         protocol = spec["protocol"]
         self.factors = {"train": 1, "val": 1, "query": protocol["resolution"],
                         "db": protocol["resolution_db"]}
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(getattr(request, "device", None) or "auto")
+        self.amp = Amp(self.device, spec.get("precision", "fp32"))
         kwargs = {"weights": request.backbone_weights} if request.backbone_weights else {}
-        self.backbone = build_backbone(spec["backbone"], **kwargs).to(self.device)
+        self.backbone = build_backbone(spec["backbone"], **kwargs).to(
+            self.device, memory_format=torch.channels_last)
         self.names = input_names(method_cls)
-        self.loader = ImageLoader(dataset, request.on_bad_image)
+        self.loader = ImageLoader(request.on_bad_image)
         self.mean, self.std = self.backbone.mean, self.backbone.std
+        workers = getattr(request, "workers", None)
+        items = ImageItems(dataset, self.size, self.mean, self.std, self.seed, train_factors(method_cls))
+        self.stream = ImageStream(items, default_workers(self.device) if workers is None else workers,
+                                  self.device, self.seed)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.backbone(images.to(self.device))
+        """Backbone outputs (contiguous, as cached features are) of a batch of images."""
+        images = images.to(self.device, non_blocking=True)
+        out = self.backbone(images.contiguous(memory_format=torch.channels_last))
+        out = {n: out[n].contiguous() for n in self.names if n != "images"}
         if "images" in self.names:
-            out["images"] = images.to(self.device)
+            out["images"] = images
         return {n: out[n] for n in self.names}
 
     def shapes(self) -> dict[str, tuple]:
@@ -134,21 +144,18 @@ class FinetuneInputs:
         return self.outputs(getattr(self.split, f"{role}_index"), self.factors[role])
 
     @torch.no_grad()
-    def outputs(self, index: np.ndarray, downsample: float = 1, batch_size: int = 32):
+    def outputs(self, index: np.ndarray, downsample: float = 1, batch_size: int = 64):
         """Centre-crop backbone outputs for dataset images ``index`` (eval mode) and the
         positions kept (unreadable images dropped under ``skip``)."""
         self.backbone.eval()
-        transform = Transform(self.size, float(downsample))
+        keys = [(int(image), pos, -1, float(downsample)) for pos, image in enumerate(index)]
         chunks, kept = [], []
-        for start in range(0, len(index), batch_size):
-            tensors = []
-            for pos in range(start, min(len(index), start + batch_size)):
-                img = self.loader(index[pos])
-                if img is not None:
-                    tensors.append(transform(img, self.mean, self.std))
-                    kept.append(pos)
-            if tensors:
-                chunks.append({k: v.float().cpu() for k, v in self.forward(torch.stack(tensors)).items()})
+        with self.amp.autocast():
+            for batch in self.stream([keys[s:s + batch_size] for s in range(0, len(keys), batch_size)]):
+                self.loader.settle(batch["errors"])
+                if batch["images"] is not None:
+                    chunks.append({k: v.float().cpu() for k, v in self.forward(batch["images"]).items()})
+                    kept.extend(batch["positions"].tolist())
         if not chunks:
             raise DataError("no readable image to encode")
         return {n: torch.cat([c[n] for c in chunks]) for n in self.names}, np.array(kept, dtype=np.int64)
@@ -165,11 +172,12 @@ class FinetuneInputs:
 
 class FinetuneTrainingSet:
     """Augmented training batches through the backbone, with gradients (the loop's
-    training set in the finetune regime)."""
+    training set in the finetune regime); ``amp`` is the run's precision."""
 
     def __init__(self, source: FinetuneInputs, labels: torch.Tensor, batch_size: int):
         self.source, self.labels, self.batch_size = source, labels, batch_size
         self.factors = train_factors(source.method_cls)
+        self.amp = source.amp
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -188,26 +196,21 @@ class FinetuneTrainingSet:
         params = [p for p in self.source.backbone.parameters() if p.requires_grad]
         return [torch.optim.SGD(params, **BACKBONE_SGD)]
 
-    def batches(self, generator: torch.Generator, epoch: int):
-        """Augmented batches in a seeded order (augmentation seeded per image and epoch)."""
-        source, device = self.source, self.source.device
-        order = torch.randperm(len(self.labels), generator=generator)
-        for start in range(0, len(order), self.batch_size):
-            images, keep, ratios = [], [], []
-            for pos in order[start:start + self.batch_size].tolist():
-                img = source.loader(source.split.train_index[pos])
-                if img is None:
-                    continue
-                rng = np.random.default_rng([source.seed, epoch, pos])
-                factor = self.factors[int(rng.integers(len(self.factors)))] if len(self.factors) > 1 else 1
-                images.append(to_tensor(augment(img, source.size, rng, factor), source.mean, source.std))
-                keep.append(pos)
-                ratios.append(1.0 / factor)
-            if len(keep) < 2:
+    def batches(self, generator: torch.Generator, epoch: int, positions=None):
+        """Augmented batches in a seeded order (augmentation seeded per image and epoch) of
+        every training image, or of ``positions`` only (a method's ``epoch_indices``)."""
+        source, device, size = self.source, self.source.device, self.batch_size
+        order = epoch_order(len(self.labels), generator, positions).tolist()
+        index = source.split.train_index
+        keys = [[(int(index[p]), p, epoch, 1) for p in order[s:s + size]]
+                for s in range(0, len(order), size)]
+        for loaded in source.stream(keys):
+            source.loader.settle(loaded["errors"])
+            kept = loaded["positions"]
+            if len(kept) < 2:
                 continue  # pairwise losses need two samples
-            positions = torch.tensor(keep)
-            batch = {"inputs": source.forward(torch.stack(images)),
-                     "labels": self.labels[positions].to(device), "indices": positions.to(device)}
+            batch = {"inputs": source.forward(loaded["images"]),
+                     "labels": self.labels[kept].to(device), "indices": kept.to(device)}
             if self.factors != (1,):
-                batch["resolution"] = torch.tensor(ratios).to(device)
+                batch["resolution"] = loaded["ratios"].to(device)
             yield batch

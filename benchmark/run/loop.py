@@ -1,7 +1,8 @@
 """The one training loop, shared by both regimes.
 
-Per epoch: ``on_epoch_start(epoch, data)`` (eval mode, no gradients; only when the method
-overrides it), then one pass over the training set's batches minimising
+Per epoch: ``epoch_indices(epoch, n, generator)`` (only when the method overrides it: the
+positions the epoch covers), ``on_epoch_start(epoch, data)`` (eval mode, no gradients; only
+when the method overrides it), then one pass over the training set's batches minimising
 ``sum(loss(batch).values())`` with every optimiser (the method's own, plus the backbone's
 in the finetune regime), then ``after_epoch(epoch)`` (validation selection). What differs
 between regimes is only where the batches come from: a :class:`TrainData` of cached
@@ -10,6 +11,8 @@ outputs (frozen) or augmented images through the trainable backbone (finetune,
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -18,6 +21,7 @@ import torch
 
 from ..errors import BenchmarkError
 from ..method import HashMethod
+from .device import Amp
 
 
 def seed_everything(seed: int) -> None:
@@ -30,6 +34,42 @@ def overrides(method, hook: str) -> bool:
     """Whether a method (class or instance) implements ``hook`` itself."""
     cls = method if isinstance(method, type) else type(method)
     return getattr(cls, hook) is not getattr(HashMethod, hook)
+
+
+def epoch_order(n: int, generator: torch.Generator | None, positions=None) -> torch.Tensor:
+    """An epoch's training positions in a seeded random order (sequential without a
+    generator): all ``n``, or the given ``positions`` only."""
+    if positions is None:
+        return torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return positions[torch.randperm(len(positions), generator=generator)] \
+        if generator is not None else positions
+
+
+def epoch_positions(method: HashMethod, epoch: int, n: int, generator) -> torch.Tensor | None:
+    """The method's ``epoch_indices`` for this epoch, checked (1-D integers in 0..n-1);
+    None when it has no sampler."""
+    if not overrides(method, "epoch_indices"):
+        return None
+    with torch.no_grad():
+        positions = method.epoch_indices(epoch, n, generator)
+    if positions is None:
+        return None
+    positions = torch.as_tensor(positions).cpu()
+    if positions.ndim != 1 or not len(positions) or positions.is_floating_point() \
+            or positions.dtype == torch.bool or int(positions.min()) < 0 or int(positions.max()) >= n:
+        raise BenchmarkError(f"method {method.name!r}: epoch_indices({epoch}) must give a "
+                             f"non-empty 1-D integer tensor of positions in 0..{n - 1}")
+    return positions.long()
+
+
+def method_view(method: HashMethod, data):
+    """``data`` (an epoch's ``TrainData``) as the method may see it: without labels for
+    an unsupervised method."""
+    return data if method.supervised else dataclasses.replace(data, labels=None)
+
+
+def _visible(method: HashMethod, batch: dict) -> dict:
+    return batch if method.supervised else {k: v for k, v in batch.items() if k != "labels"}
 
 
 def build_optimizer(method: HashMethod, config: dict) -> torch.optim.Optimizer:
@@ -51,7 +91,7 @@ class TrainData:
     resolution_inputs: dict[int, dict[str, torch.Tensor]] | None = None
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(next(iter(self.inputs.values())))
 
     def epoch_data(self) -> "TrainData":
         return self
@@ -62,19 +102,23 @@ class TrainData:
     def optimizers(self) -> list:
         return []
 
-    def batches(self, generator: torch.Generator | None = None, epoch: int = 0):
-        """Mini-batches in a seeded random order (sequential when no generator)."""
+    def batches(self, generator: torch.Generator | None = None, epoch: int = 0,
+                positions: torch.Tensor | None = None):
+        """Mini-batches in a seeded random order (sequential when no generator) of every
+        sample, or of ``positions`` only (a method's ``epoch_indices``)."""
         n = len(self)
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        order = epoch_order(n, generator, positions)
         factors = sorted(self.resolution_inputs or {})
         if factors:  # one factor per sample and epoch, drawn after the order (seeded)
             choice = torch.randint(len(factors), (n,), generator=generator)
-        for start in range(0, n, self.batch_size):
+        for start in range(0, len(order), self.batch_size):
             index = order[start:start + self.batch_size]
-            if len(index) < 2 and n >= 2:
+            if len(index) < 2 and len(order) >= 2:
                 continue  # pairwise losses need two samples; keep batches well-formed
-            batch = {"inputs": {k: v[index] for k, v in self.inputs.items()},
-                     "labels": self.labels[index], "indices": index}
+            batch = {"inputs": {k: v[index] for k, v in self.inputs.items()}}
+            if self.labels is not None:  # None: an unsupervised method's view
+                batch["labels"] = self.labels[index]
+            batch["indices"] = index
             if factors:
                 picked = choice[index]
                 for slot, factor in enumerate(factors):
@@ -85,19 +129,55 @@ class TrainData:
             yield batch
 
 
-def _step(method, batch: dict, optimizers: list, epoch: int) -> tuple[float, dict]:
-    """One optimiser step on the summed loss; (summed loss, each component's value)."""
-    losses = method.loss(batch)
-    loss = sum(losses.values())
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of the module's first parameter or buffer (the CPU if it has none)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def to_device(value, device: torch.device):
+    """A batch (nested dicts of tensors) on ``device``."""
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+
+
+def epoch_data(data, device: torch.device) -> "TrainData":
+    """``data.epoch_data()`` with its tensors on ``device`` (frozen features are cached on
+    the CPU; a method trained on a GPU gets them there)."""
+    view = data.epoch_data()
+    if device.type == "cpu":
+        return view
+    moved = {f.name: to_device(getattr(view, f.name), device) for f in dataclasses.fields(view)}
+    return dataclasses.replace(view, **moved)
+
+
+def _step(method, batch: dict, optimizers: list, epoch: int, amp: Amp) -> tuple[float, dict]:
+    """One optimiser step on the summed loss (computed under ``amp``'s autocast);
+    (summed loss, each component's value)."""
+    with amp.autocast():
+        losses = method.loss(batch)
+        loss = sum(losses.values())
     if not torch.isfinite(loss):
         parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
         raise FloatingPointError(f"non-finite loss at epoch {epoch}: {parts}")
-    for optimizer in optimizers:
-        optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    for optimizer in optimizers:
-        optimizer.step()
+    amp.backward_and_step(loss, optimizers)
     return loss.item(), {k: float(v.item()) for k, v in losses.items()}
+
+
+def _run_epoch(method, data, generator, epoch: int, positions, optimizers, amp: Amp,
+               device) -> tuple[list, int]:
+    """One pass over the epoch's batches, each made (the finetune backbone's forward) and
+    scored under autocast and moved to the method's device; (steps, images seen)."""
+    steps, images, batches = [], 0, iter(data.batches(generator, epoch, positions))
+    while True:
+        with amp.autocast():
+            batch = next(batches, None)
+        if batch is None:
+            return steps, images
+        images += len(batch["indices"])
+        steps.append(_step(method, _visible(method, to_device(batch, device)), optimizers, epoch, amp))
 
 
 def _epoch_facts(epoch: int, steps: list[tuple], seconds: float) -> dict:
@@ -111,28 +191,42 @@ def _epoch_facts(epoch: int, steps: list[tuple], seconds: float) -> dict:
 
 
 def train(method: HashMethod, data, epochs: int, seed: int, optimizer_config: dict,
-          progress=None, after_epoch=None, epoch_log=None) -> list[float]:
+          progress=None, after_epoch=None, epoch_log=None, checkpoint=None,
+          stats: dict | None = None) -> list[float]:
     """Minimise the summed loss dict over ``data``'s batches; return each epoch's mean loss.
     ``after_epoch(epoch)`` runs after each epoch (validation-based model selection);
-    ``epoch_log(facts)`` gets each epoch's loss components and time (:func:`_epoch_facts`)."""
+    ``epoch_log(facts)`` gets each epoch's loss components and time (:func:`_epoch_facts`);
+    ``checkpoint`` (a :class:`benchmark.run.checkpoint.Checkpoint`) resumes from a saved
+    epoch and saves after each one; ``stats`` gets ``train_images_per_s``. Precision is the
+    training set's ``amp`` (finetune) or fp32."""
     optimizers = [build_optimizer(method, optimizer_config), *data.optimizers()]
     generator = torch.Generator().manual_seed(seed)
     refresh = overrides(method, "on_epoch_start")
     history = []
-    for epoch in range(epochs):
+    device = module_device(method)
+    amp = getattr(data, "amp", None) or Amp(device)
+    state = {"optimizers": optimizers, "scaler": amp.scaler, "generator": generator, "history": history}
+    start, images, seconds = checkpoint.resume(state) if checkpoint else 0, 0, 0.0
+    for epoch in range(start, epochs):
+        positions = epoch_positions(method, epoch, len(data), generator)
         if refresh:
             method.eval()
             with torch.no_grad():
-                method.on_epoch_start(epoch, data.epoch_data())
+                method.on_epoch_start(epoch, method_view(method, epoch_data(data, device)))
         data.train_mode()
         method.train()
         tick = time.perf_counter()
-        steps = [_step(method, batch, optimizers, epoch) for batch in data.batches(generator, epoch)]
+        steps, seen = _run_epoch(method, data, generator, epoch, positions, optimizers, amp, device)
+        images, seconds = images + seen, seconds + time.perf_counter() - tick
         history.append(sum(total for total, _ in steps) / max(len(steps), 1))
         if epoch_log:
             epoch_log(_epoch_facts(epoch, steps, time.perf_counter() - tick))
         if after_epoch:
             after_epoch(epoch)
+        if checkpoint:
+            checkpoint.save(epoch + 1, state)
         if progress:
             progress(epoch + 1, epochs, history[-1])
+    if stats is not None and seconds > 0:
+        stats["train_images_per_s"] = round(images / seconds, 2)
     return history
