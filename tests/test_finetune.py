@@ -53,7 +53,14 @@ def test_finetune_feeds_the_declared_inputs_from_augmented_images(tmp_path):
     request = SimpleNamespace(backbone_weights=str(weights), on_bad_image="fail")
     ImageSpy.seen = []
     source = FinetuneInputs(ImageSpy, split, ds, spec, request)
+    start = {k: v.clone() for k, v in source.backbone.state_dict().items()}
     result = run_method(ImageSpy, {}, source, ds.labels, ds.num_classes, 8, seed=0, epochs=1)
+    # the backbone is trained with the method: its weights moved (the frozen BN statistics
+    # and the unused fc layer aside), and the loss' gradient reached its first layer
+    after = source.backbone.state_dict()
+    moved = {k for k, v in after.items() if v.is_floating_point() and not torch.equal(v, start[k])}
+    weights = {k for k, _ in source.backbone.named_parameters()}
+    assert any("conv1" in k for k in moved & weights), sorted(moved)
     assert result["codes"]["query_codes"].shape == (8, 8)
     assert result["codes"]["db_codes"].shape == (16, 8)
     first = ImageSpy.seen[0]
@@ -97,3 +104,6 @@ def test_corrupt_image_fails_the_runs_or_is_skipped_never_crashing_the_grid(tmp_
     assert f"warning: skipped unreadable image {bad}" in skipped.stdout
     codes = np.load(next((tmp_path / "b" / "runs").glob("*/codes.npz")))
     assert len(codes["db_codes"]) == 8  # 9 train images, the unreadable one left out
+    # --on-bad-image is part of the run id: the run recorded under skip is not reused
+    again = run_cli("run", "--methods", "lsh", *common, "--out", tmp_path / "b")
+    assert again.returncode == 1 and "1 runs in the grid, 0 already recorded, 1 to run" in again.stdout
