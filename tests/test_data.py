@@ -118,3 +118,38 @@ def test_cub100_split_and_ids():
     assert len(ds) == 5902 and ds.num_classes == 100
     assert ds.is_train.sum() == 2999 and (~ds.is_train).sum() == 2903
     assert ds.labels.min() == 0 and ds.labels.max() == 99
+
+
+def test_feature_cache_is_keyed_by_images_transform_and_weights(tmp_path, monkeypatch):
+    import torch
+
+    from benchmark.features import cache
+    from benchmark.features.backbones import build_backbone
+    from benchmark.features.transforms import Transform
+    make_cub(tmp_path / "CUB_200_2011", classes=2, per_class=3)
+    state = build_backbone("resnet18").net.state_dict()  # torchvision layout, with fc.*
+    state.update({"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})
+    weights = {"a": tmp_path / "a.pth", "b": tmp_path / "b.pth"}
+    torch.save(state, weights["a"])
+    state["conv1.weight"] = state["conv1.weight"] * 2
+    torch.save(state, weights["b"])
+    computed = []
+    real_compute = cache._compute
+    monkeypatch.setattr(cache, "_compute", lambda *a, **k: computed.append(1) or real_compute(*a, **k))
+
+    def extract(weight="a", transform=Transform(32)):
+        ds = build_dataset("cub200", data_root=tmp_path)
+        return cache.extract_features(ds, "resnet18", transform, tmp_path / "cache", progress=False,
+                                      weights=str(weights[weight]))
+
+    first = extract()
+    assert extract().path == first.path and len(computed) == 1  # reused, not recomputed
+    pooled = np.asarray(first.arrays["pooled"]).copy()
+    others = {"transform": extract(transform=Transform(32, 2.0)), "weights": extract("b")}
+    changed = tmp_path / "CUB_200_2011" / "images" / "001.Bird_1" / "img_2.jpg"
+    Image.new("RGB", (40, 30), (250, 0, 0)).save(changed)
+    others["images"] = extract()
+    assert len(computed) == 4 and len({first.path, *(f.path for f in others.values())}) == 4
+    assert not np.array_equal(np.asarray(others["weights"].arrays["pooled"]), pooled)
+    moved = ~np.isclose(np.asarray(others["images"].arrays["pooled"]), pooled).all(1)
+    assert moved.tolist() == [False] * 5 + [True]  # only the re-saved image (index 5)

@@ -238,3 +238,50 @@ def test_download_from_file_url_and_datasets_without_archive(tmp_path, capsys):
     assert main(["data", "download", "nabirds", "--data-root", str(root)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: nabirds: no official archive") and len(err.splitlines()) == 1
+
+
+def _tar_with(member: tarfile.TarInfo, data: bytes = b"x") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        ok = tarfile.TarInfo("food-101/images/ok.jpg")
+        ok.size = 1
+        tar.addfile(ok, io.BytesIO(b"x"))
+        member.size = len(data) if member.isfile() else 0
+        tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
+    return buf.getvalue()
+
+
+def _zip_with(name: str) -> bytes:
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("food-101/images/ok.jpg", b"x")
+        zf.writestr(name, b"x")
+    return buf.getvalue()
+
+
+def _link(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+@pytest.mark.parametrize("suffix, payload, shown", [
+    ("tar.gz", _tar_with(tarfile.TarInfo("../escaped.txt")), "../escaped.txt"),
+    ("tar.gz", _tar_with(tarfile.TarInfo("/tmp/absolute-escape.txt")), "/tmp/absolute-escape.txt"),
+    ("tar.gz", _tar_with(_link("food-101/link", "/etc/passwd")), "food-101/link"),
+    ("tar.gz", _tar_with(_link("food-101/hard", "/etc/passwd", tarfile.LNKTYPE)), "food-101/hard"),
+    ("zip", _zip_with("../escaped.txt"), "../escaped.txt"),
+])
+def test_unsafe_archive_members_are_refused_and_nothing_is_unpacked(tmp_path, capsys, suffix,
+                                                                     payload, shown):
+    archive = tmp_path / f"mirror.{suffix}"
+    archive.write_bytes(payload)
+    root = tmp_path / "data"
+    root.mkdir()
+    code = main(["data", "download", "food101", "--data-root", str(root), "--url", archive.as_uri(),
+                 "--md5", hashlib.md5(payload).hexdigest()])
+    err = capsys.readouterr().err
+    assert code == 2 and f"unsafe member {shown!r}" in err and len(err.strip().splitlines()) == 1, err
+    assert not (root / "food-101").exists() and not (tmp_path / "escaped.txt").exists()
+    assert not Path("/tmp/absolute-escape.txt").exists()
