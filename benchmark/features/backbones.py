@@ -4,9 +4,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import pickle
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -75,27 +77,70 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     return BACKBONES.module_dict[name](**kwargs)  # not .build: Registry.get reads "a.b" as a scope
 
 
+#: the numpy globals mmpretrain / mmcv checkpoints carry in their metadata (scalars such as a
+#: best score, arrays, dtypes), under numpy 2's and numpy 1's module names: the only
+#: globals besides torch's own that safe loading admits
+_MULTIARRAY = (np._core if hasattr(np, "_core") else np.core).multiarray
+NUMPY_GLOBALS = [np.ndarray, np.dtype, _MULTIARRAY.scalar, _MULTIARRAY._reconstruct,
+                 (_MULTIARRAY.scalar, "numpy.core.multiarray.scalar"),
+                 (_MULTIARRAY._reconstruct, "numpy.core.multiarray._reconstruct"),
+                 *{type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8, np.int16,
+                                               np.int32, np.int64, np.uint8, np.bool_, np.str_)}]
+
+
+def read_checkpoint(path: str):
+    """``torch.load(path, weights_only=True)`` with :data:`NUMPY_GLOBALS` allowed. Anything
+    else (a global that unpickling would have to import and call) is refused, naming it:
+    no code in the file runs."""
+    try:
+        with torch.serialization.safe_globals(NUMPY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - not even its pickle can be listed
+            unsafe = []
+        allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
+                   for g in NUMPY_GLOBALS}
+        named = [g for g in unsafe if g not in allowed] or unsafe
+        if not named:
+            raise BenchmarkError(f"--backbone-weights {path}: not a readable torch checkpoint") from None
+        raise BenchmarkError(f"--backbone-weights {path}: refused: loading it would run "
+                             f"{', '.join(named[:3])} (only tensors, containers and numpy values "
+                             f"are loaded; save its state dict alone with a tool you trust)") from None
+    except Exception as exc:  # noqa: BLE001 - truncated, not a zip or pickle, ...
+        raise BenchmarkError(f"--backbone-weights {path}: not a readable torch checkpoint "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+
+
 def load_imagenet_state(path: str) -> dict:
     """A ResNet state dict from a torchvision (``conv1.weight``, ..., ``fc.*``) or mmpretrain
-    (``{"state_dict": {"backbone.conv1.weight", ..., "head.fc.*"}}``) checkpoint; the
-    classifier is dropped. ``weights_only`` loading first; a checkpoint that needs full
-    unpickling (mmpretrain's numpy metadata) is loaded fully, as the user supplied it."""
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - e.g. numpy objects in mmpretrain's "meta"
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise BenchmarkError(f"--backbone-weights {path}: not a torch checkpoint ({exc})") from None
+    (``{"state_dict": {"backbone.conv1.weight", ..., "head.fc.*"}, "meta": ...}``)
+    checkpoint, read safely (:func:`read_checkpoint`); the classifier is dropped."""
+    raw = read_checkpoint(path)
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
-    if not isinstance(state, dict):
-        raise BenchmarkError(f"--backbone-weights {path}: no state dict inside")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BenchmarkError(f"--backbone-weights {path}: no state dict of tensors inside")
     out = {}
     for key, value in state.items():
         key = key.removeprefix("module.").removeprefix("backbone.")
         if not key.startswith(("fc.", "head.")):
             out[key] = value
     return out
+
+
+def check_backbone_weights(name: str, path: str) -> None:
+    """Build backbone ``name`` with checkpoint ``path`` once, so that an unreadable, unsafe
+    or mismatched checkpoint is one error line before any run starts."""
+    try:
+        build_backbone(name, weights=path)
+    except BenchmarkError as exc:
+        if path in str(exc):
+            raise
+        raise BenchmarkError(f"--backbone-weights {path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. a size mismatch in load_state_dict
+        raise BenchmarkError(f"--backbone-weights {path} does not fit {name}: "
+                             f"{' '.join(str(exc).split())[:200]}") from None
 
 
 class MMPretrainResNet(nn.Module):
@@ -119,7 +164,12 @@ class MMPretrainResNet(nn.Module):
         self.net = ResNet(depth=self.depth, out_indices=(1, 2, 3))
         self.weights_id = "random-init"
         if pretrained and weights:
-            missing, unexpected = self.net.load_state_dict(load_imagenet_state(weights), strict=False)
+            try:
+                missing, unexpected = self.net.load_state_dict(load_imagenet_state(weights), strict=False)
+            except RuntimeError as exc:  # shapes that differ
+                first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+                raise BenchmarkError(f"--backbone-weights {weights} does not fit ResNet-{self.depth}: "
+                                     f"{first[:200]}") from None
             if missing or unexpected:
                 raise BenchmarkError(f"--backbone-weights {weights} does not fit ResNet-{self.depth}: "
                                      f"{len(missing)} missing key(s) (first {missing[:1]}), "

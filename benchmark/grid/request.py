@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BenchmarkError
+from ..features.backbones import check_backbone_weights
+from ..run.device import PRECISIONS, check_device
 from .protocols import Protocol, expand_grid
 
 OVERWRITE_MODES = ("never", "missing", "always")
+#: the longest code a run may ask for (a guard against typos such as --bits 100000)
+MAX_BITS = 1024
+MAX_SEED = 2**32 - 1  # seeds feed numpy's seed (mod 2**32) and torch's generators
 REGIMES = ("frozen", "finetune")
 BAD_IMAGE_MODES = ("fail", "skip")
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -37,6 +44,28 @@ class GridRequest:
     val_frac: float = 0.0
     on_bad_image: str = "fail"
     backbone_weights: str | None = None
+    #: auto (a GPU when present), cpu, cuda or cuda:N; recorded, not part of a run's identity
+    device: str = "auto"
+    #: fp32, bf16 or fp16 (finetune only); part of a finetune run's identity
+    precision: str = "fp32"
+    #: image-loading worker processes (finetune; None: 0 on the CPU, up to 8 beside a GPU)
+    workers: int | None = None
+    keep_checkpoints: bool = False
+    #: method settings: ``--hparams`` text (or {method: {name: value}}) and a ``--config`` file
+    hparams: str | dict | None = None
+    config: str | None = None
+    #: set by ``tune`` on its trials' requests: the mark that keeps them off leaderboards
+    tuning: dict | None = None
+    #: local (this process, one run after another) or ray (one task per run: run.ray_executor)
+    executor: str = "local"
+    #: Ray cluster to join (None: start a local one with this machine's CPUs; "auto": running)
+    ray_address: str | None = None
+    max_parallel: int | None = None  # runs in flight at once on Ray (None: as resources allow)
+
+    def method_settings(self):
+        """The per-method settings of ``--config``, ``--hparams`` and ``--epochs``."""
+        from .config import settings_of
+        return settings_of(self.hparams, self.config, self.epochs, self.tuning)
 
     def protocols(self) -> list[Protocol]:
         """Every protocol combination of the request (duplicates after normalising dropped)."""
@@ -54,6 +83,10 @@ class GridRequest:
         checks = [
             (not self.methods, "no methods given (--methods a,b,...)"),
             (any(b <= 0 for b in self.bits), f"bits must be positive integers, got {self.bits}"),
+            (any(b > MAX_BITS for b in self.bits),
+             f"bits must be at most {MAX_BITS}, got {max(self.bits, default=0)}"),
+            (not self.seeds or any(not 0 <= s <= MAX_SEED for s in self.seeds),
+             f"seeds must be integers in 0..{MAX_SEED}, got {self.seeds}"),
             (self.overwrite not in OVERWRITE_MODES,
              f"--overwrite must be one of {', '.join(OVERWRITE_MODES)}"),
             (self.regime not in REGIMES,
@@ -65,8 +98,50 @@ class GridRequest:
              f"--on-bad-image must be one of {', '.join(BAD_IMAGE_MODES)}"),
             (bool(self.backbone_weights) and not Path(self.backbone_weights or "").is_file(),
              f"--backbone-weights {self.backbone_weights}: no such file"),
+            (self.precision not in PRECISIONS,
+             f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (self.precision != "fp32" and self.regime != "finetune",
+             f"--precision {self.precision} is for --regime finetune (frozen heads train in fp32)"),
+            (self.workers is not None and self.workers < 0, "--workers must be at least 0"),
+            (self.executor not in EXECUTORS,
+             f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}"),
+            (self.executor != "ray" and (self.ray_address is not None or self.max_parallel is not None),
+             "--ray-address and --max-parallel are for --executor ray"),
+            (self.max_parallel is not None and self.max_parallel < 1, "--max-parallel must be at least 1"),
         ]
         for failed, message in checks:
             if failed:
                 raise BenchmarkError(message)
-        self.protocols()  # parses (and so validates) every protocol value
+        for flag, text in (("--noise", self.noise), ("--long-tail", self.long_tail)):
+            if text is not None and not all(part.strip() for part in text.split(",")):
+                raise BenchmarkError(f"{flag} {text!r}: an empty item in the list")
+        for protocol in self.protocols():  # parses (and so validates) every protocol value
+            _check_finite(protocol)
+        self.check_registered()
+        self.method_settings()  # parses (and so validates) --hparams and --config
+        check_device(self.device)
+        if self.backbone_weights:  # unreadable, unsafe or mismatched: refused before any run
+            check_backbone_weights(self.backbone, self.backbone_weights)
+
+    def check_registered(self) -> None:
+        """The dataset and backbone are registered (built-in or by a plugin)."""
+        from registry import BACKBONES, DATASETS, load_plugins
+        from ..data.images import registered_name
+        load_plugins()
+        for kind, name, registry in (("dataset", registered_name(self.dataset)[0], DATASETS),
+                                     ("backbone", self.backbone, BACKBONES)):
+            registry.import_from_location()
+            if name not in registry.module_dict:
+                raise BenchmarkError(f"unknown {kind} {name!r}; known: "
+                                     f"{', '.join(sorted(registry.module_dict))}")
+
+
+def _check_finite(protocol: Protocol) -> None:
+    """Every number of a protocol is finite (``nan`` and ``inf`` parse as floats)."""
+    noise = protocol.noise_kind_rate
+    values = {"--noise": noise[1] if noise else 0.0, "--long-tail": protocol.rho or 1.0,
+              "--resolution": protocol.resolution, "--resolution-db": protocol.resolution_db,
+              "--val-frac": protocol.val_frac}
+    for flag, value in values.items():
+        if not math.isfinite(value):
+            raise BenchmarkError(f"{flag}: {value} is not a finite number")

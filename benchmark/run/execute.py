@@ -2,12 +2,13 @@
 encode -> evaluate (one ranking for every metric) -> profile -> files beside the store.
 
 A failing run is a record with ``status = 'failed'`` and its one-line error; the grid goes
-on. Codes and precision-recall files are renamed into place only when complete.
+on. Its files go into ``runs/<id>.partial/`` (see :mod:`.folders`).
 """
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,12 @@ from ..eval.machine import hardware_id, versions
 from ..eval.metrics import evaluate_retrieval, map_real_valued, save_pr_curve
 from ..eval.profiling import profile_run
 from ..eval.reid import evaluate_reid
+from . import checkpoint as checkpoints
+from .device import device_label, resolve_device
+from .folders import partial_folder
+from .health import health
 from .inputs import FinetuneInputs, FrozenInputs, train_factors
+from .log import RunLog
 from .loop import seed_everything
 from .method_run import run_method
 
@@ -48,7 +54,12 @@ def new_record(entry, spec: dict, run_id: str) -> dict:
             "seed": spec["seed"], "distribution": entry.distribution, "version": entry.version,
             "spec": spec, "protocol": spec["protocol"], "metrics": {}, "efficiency": {},
             "provenance": {"versions": versions(), "hardware": hardware_id()},
-            "status": "ok", "error": None}
+            "health": None, "status": "ok", "error": None}
+
+
+def frozen_factors(method_cls, protocol: dict) -> list:
+    """The downsampling factors whose cached features a frozen run reads."""
+    return sorted({1, protocol["resolution"], protocol["resolution_db"], *train_factors(method_cls)})
 
 
 def inputs_for(entry, spec, split, dataset, context):
@@ -56,22 +67,52 @@ def inputs_for(entry, spec, split, dataset, context):
     protocol = spec["protocol"]
     if spec["regime"] == "finetune":
         return FinetuneInputs(entry.cls, split, dataset, spec, context.request)
-    factors = {1, protocol["resolution"], protocol["resolution_db"], *train_factors(entry.cls)}
-    return FrozenInputs(entry.cls, split, {f: context.features(f) for f in sorted(factors)},
-                        protocol["resolution"], protocol["resolution_db"])
+    factors = frozen_factors(entry.cls, protocol)
+    source = FrozenInputs(entry.cls, split, {f: context.features(f) for f in factors},
+                          protocol["resolution"], protocol["resolution_db"])
+    source.device = resolve_device(context.request.device)  # where the method trains
+    return source
+
+
+_SHOWN: set[str] = set()
 
 
 def execute(entry, spec, run_id, dataset, context) -> dict:
+    """One run -> its record; ``runs/<id>/log.txt`` gets the spec, epochs, warnings, health,
+    outcome and a failed run's traceback (:mod:`benchmark.run.log`)."""
+    log = RunLog(run_id, spec)
+    with warnings.catch_warnings(record=True) as caught:
+        record = _execute(entry, spec, run_id, dataset, context, log)
+    for item in caught:
+        text = f"{item.category.__name__}: {item.message}"
+        log.warning(text)
+        if text not in _SHOWN:  # on stderr once per process, as Python's default filter does
+            _SHOWN.add(text)
+            warnings.showwarning(item.message, item.category, item.filename, item.lineno)
+    log.write(partial_folder(context.request.out, run_id), record)
+    return record
+
+
+def _execute(entry, spec, run_id, dataset, context, log: RunLog) -> dict:
     started = time.time()
     record = new_record(entry, spec, run_id)
-    folder = Path(context.request.out) / "runs" / run_id
+    folder = partial_folder(context.request.out, run_id)  # published once the row is stored
     try:
         split = context.split(spec["protocol"], spec["seed"])
         record["protocol"] = dict(spec["protocol"], materialised=split.facts)
         seed_everything(spec["seed"])
         source = inputs_for(entry, spec, split, dataset, context)
+        record["provenance"]["device"] = device_label(source.device)
+        checkpoint = checkpoints.for_run(context.request.out, run_id, spec["regime"], source.device,
+                                         context.log)
         result = run_method(entry.cls, spec["hparams"], source, dataset.labels, dataset.num_classes,
-                            spec["bits"], spec["seed"], spec["epochs"])
+                            spec["bits"], spec["seed"], epoch_log=log.epoch,
+                            checkpoint=checkpoint, train=spec.get("train"))
+        if checkpoint.resumed_from is not None:
+            record["provenance"]["resumed_after_epoch"] = checkpoint.resumed_from
+        if "train_images_per_s" in result:
+            record["provenance"]["train_images_per_s"] = result["train_images_per_s"]
+        log.facts("selection", result["selection"])
         codes = result["codes"]
         record["metrics"], pr = evaluate(dataset, split, codes)
         if result["real"] is not None:
@@ -80,15 +121,20 @@ def execute(entry, spec, run_id, dataset, context) -> dict:
         if result["skipped_images"]:
             record["metrics"]["skipped_images"] = result["skipped_images"]
         record["provenance"]["selection"] = result["selection"]
+        if result["asymmetric"]:  # database codes from encode_database (absent: symmetric)
+            record["provenance"]["asymmetric"] = True
         record["provenance"]["load_average"] = round(os.getloadavg()[0], 2)  # while timing
         record["efficiency"] = profile_run(result["method"], result["input_shapes"], spec["backbone"],
                                            spec["input_size"], codes["db_codes"], codes["query_codes"],
                                            result["real"])
         record["provenance"].update(epochs=result["epochs"], loss_history=result["history"])
+        record["health"] = health(result["history"], codes["db_codes"], codes["db_labels"],
+                                  spec["bits"])
         save_codes(folder, codes)
         if pr is not None:
             save_pr_curve(folder, pr)
     except Exception as exc:  # noqa: BLE001 - a failing plugin must not stop the grid
         record.update(status="failed", error=one_line(exc), metrics={}, efficiency={})
+        log.failure(exc)
     record["wall_time"] = round(time.time() - started, 3)
     return record

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The prepared GPU check (issue 13): end-to-end finetuning of cub100 (all 100 classes) with
+# EfficientNet-Lite0 at 224 px in bf16 for cmbh, a2netpp, csq, dsh and thesis-sld at 32
+# bits, GPU_CHECK_EPOCHS epochs each (default 5: a smoke benchmark, not the papers' 100).
+# Prints training img/s and mAP per method, writes the records into $GPU_CHECK_OUT and the
+# leaderboard into $GPU_CHECK_BOARD (its index states the epochs). Sized for under 8 minutes
+# on one H200 with 16 cores. Finished runs are kept: run it again to resume or re-print.
+#
+#   benchmarks/gpu_check.sh                      # on the GPU machine, from the repository
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_DATASET=synthetic-fg GPU_CHECK_CLASSES=3 \
+#   GPU_CHECK_EPOCHS=1 GPU_CHECK_SIZE=64 benchmarks/gpu_check.sh   # a tiny CPU try (the test)
+#
+# Every setting is an environment variable: GPU_CHECK_{DATASET,CLASSES,EPOCHS,SIZE,DEVICE,
+# PRECISION,WORKERS,METHODS,BITS,OUT,BOARD}, PYTHON, BENCHMARK_DATA_ROOT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-.venv/bin/python}
+DATASET=${GPU_CHECK_DATASET:-cub100}
+CLASSES=${GPU_CHECK_CLASSES:-}           # empty: every class of the dataset
+EPOCHS=${GPU_CHECK_EPOCHS:-5}
+SIZE=${GPU_CHECK_SIZE:-224}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+PRECISION=${GPU_CHECK_PRECISION:-bf16}
+CORES=$(nproc)
+WORKERS=${GPU_CHECK_WORKERS:-$(( CORES > 4 ? CORES - 2 : 0 ))}
+METHODS=${GPU_CHECK_METHODS:-cmbh,a2netpp,csq,dsh,thesis-sld}
+BITS=${GPU_CHECK_BITS:-32}
+OUT=${GPU_CHECK_OUT:-results/gpu_check}
+BOARD=${GPU_CHECK_BOARD:-leaderboards/finetune}
+export BENCHMARK_DATA_ROOT=${BENCHMARK_DATA_ROOT:-../shared/datasets}
+
+args=(--methods "$METHODS" --dataset "$DATASET" --regime finetune --backbone efficientnet_lite0
+      --input-size "$SIZE" --bits "$BITS" --seeds 0 --epochs "$EPOCHS" --device "$DEVICE"
+      --precision "$PRECISION" --workers "$WORKERS" --out "$OUT" --no-progress)
+[ -n "$CLASSES" ] && args+=(--max-classes "$CLASSES")
+
+"$PY" - <<'EOF'
+import torch
+print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}"
+      + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
+EOF
+echo "gpu_check: $METHODS on $DATASET${CLASSES:+ (first $CLASSES classes)}, ${SIZE}px, $PRECISION," \
+     "$EPOCHS epochs, $BITS bits, device $DEVICE, $WORKERS loader workers -> $OUT"
+started=$SECONDS
+status=0
+"$PY" -m benchmark run "${args[@]}" || status=$?
+
+"$PY" - "$OUT" <<'EOF'
+import sys
+from pathlib import Path
+from benchmark.store.sqlite import ResultStore
+
+with ResultStore(Path(sys.argv[1]) / "results.sqlite") as store:
+    records = sorted(store.records(), key=lambda r: r["method"])
+print(f"{'method':<12} {'status':<7} {'epochs':>6} {'device':<28} {'train img/s':>11} {'mAP':>7} {'wall s':>7}")
+for r in records:
+    p, m = r["provenance"], r["metrics"]
+    speed = p.get("train_images_per_s")
+    print(f"{r['method']:<12} {r['status']:<7} {p.get('epochs', '-')!s:>6} {p.get('device', '-'):<28} "
+          f"{speed if speed is not None else '-'!s:>11} "
+          f"{m['map'] if 'map' in m else float('nan'):>7.4f} {r.get('wall_time') or 0:>7.1f}")
+    if r["status"] != "ok":
+        print(f"  error: {r['error']}")
+EOF
+"$PY" -m benchmark leaderboard --results "$OUT" --out "$BOARD" > /dev/null
+echo "gpu_check: leaderboard in $BOARD; $(( SECONDS - started )) s in all"
+exit "$status"
