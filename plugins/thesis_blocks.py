@@ -75,11 +75,11 @@ def select_dimensions(values: torch.Tensor, k: int, decorrelation: float = 1.0,
 
 
 def ablation(cls, suffix: str, **overrides):
-    """A registered variant of ``cls`` named ``{cls.name}-{suffix}`` whose hparam defaults
-    are ``overrides`` (one ablation row of the leaderboard per component switched off)."""
-    def __init__(self, bits, num_classes, input_shapes, **hparams):
-        cls.__init__(self, bits, num_classes, input_shapes, **{**overrides, **hparams})
+    """A named variant (``benchmark.method``, "Variants") of ``cls`` called
+    ``{cls.name}-{suffix}`` whose hparam defaults are ``overrides`` (one ablation row of the
+    leaderboard per component switched off)."""
     settings = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
     return type(f"{cls.__name__}_{suffix.replace('-', '_')}", (cls,),
-                {"name": f"{cls.name}-{suffix}", "__init__": __init__, "__module__": cls.__module__,
+                {"name": f"{cls.name}-{suffix}", "variant_hparams": overrides,
+                 "__module__": cls.__module__,
                  "__doc__": f"Ablation of {cls.name}: {settings} (see {cls.__name__})."})

@@ -20,8 +20,20 @@ def test_every_builtin_plugin_loads():
     assert {"lsh", "itq", "dsh"} <= set(BUILTIN_METHODS)
 
 
+#: (method, check) pairs the kit fails, each a measured finding asserted to keep failing
+#: until it is fixed: thesis-ddl's entropy-selected bits (not trained against the labels)
+#: stay at tie-aware mAP 0.54-0.64 on the 4-class probe, below LSH's 0.91; its
+#: ``-direct`` variant (trained bits) reaches 1.0.
+KNOWN_FAILURES = {(name, "check_beats_lsh")
+                  for name in ("thesis-ddl", "thesis-ddl-nomsd", "thesis-ddl-nosld")}
+
+
 @parametrize_with_checks(BUILTIN_METHODS)
 def test_builtin_methods_conform(method, check):
+    if (method, check.__name__) in KNOWN_FAILURES:
+        with pytest.raises(ConformanceError):
+            check(method)
+        return
     check(method)
 
 
@@ -92,6 +104,16 @@ class Exploding(Linear):
         return {"nan": self.encode(batch["inputs"]).sum() * float("nan")}
 
 
+class Inverted(Linear):
+    """Learns, but pulls same-class pairs apart (a sign error in the similarity target)."""
+    name = "probe-inverted"
+
+    def loss(self, batch):
+        h = torch.tanh(self.encode(batch["inputs"]))
+        same = (batch["labels"][:, None] == batch["labels"][None]).float() * 2 - 1
+        return {"pairwise": ((h @ h.T) / self.bits + same).pow(2).mean()}
+
+
 class NoFit(HashMethod):
     name = "probe-no-fit"
     trainable = False
@@ -111,6 +133,7 @@ class NotAMethod(torch.nn.Module):
     (Unseeded, "same_seed_same_codes", "differ in"),
     (NotLearning, "losses_finite_and_decreasing", "did not decrease over 5 steps"),
     (Exploding, "losses_finite_and_decreasing", "non-finite loss at epoch 0"),
+    (Inverted, "beats_lsh", "does not beat LSH's"),
     (NoFit, "contract", "`fit` is not implemented"),
     (NotAMethod, "contract", "not a subclass of benchmark.method.HashMethod"),
 ])

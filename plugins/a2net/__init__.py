@@ -97,6 +97,7 @@ class A2Net(HashMethod):
     train_config = {"epochs": 15, "batch_size": 32,
                     "optimizer": {"type": "SGD", "lr": 1e-2, "momentum": 0.9,
                                   "weight_decay": 1e-5}}
+    search_space = {"lr": ("log", 1e-3, 1e-1), "gamma": ("log", 10.0, 1000.0)}
 
     def __init__(self, bits, num_classes, input_shapes, attention_maps: int = 4,
                  dim: int = 256, gamma: float = 200.0, late_epoch: int | None = None,

@@ -182,6 +182,7 @@ class ADSH(HashMethod):
     train_config = {"epochs": 150, "batch_size": 64,
                     "optimizer": {"type": "SGD", "lr": 1e-2, "momentum": 0.9,
                                   "weight_decay": 5e-4}}
+    search_space = {"lr": ("log", 1e-3, 1e-1), "gamma": ("log", 10.0, 1000.0)}
 
     def __init__(self, bits, num_classes, input_shapes, gamma: float = 200.0,
                  num_samples: int = 2000, inner_epochs: int = 3, similarity: str = "soft",

@@ -147,16 +147,14 @@ class CMBH(HashMethod):
     train_config = {"epochs": 20, "batch_size": 16,
                     "optimizer": {"type": "SGD", "lr": 1e-2, "momentum": 0.9,
                                   "weight_decay": 5e-4}}
-    defaults = {"layers": True, "transfer": True, "regions": True}
+    search_space = {"lr": ("log", 1e-3, 3e-2), "epochs": ("int", 6, 30),
+                    "hash_stage": ("choice", [1, 2]), "alpha": ("choice", [12.0, 16.0])}
 
-    def __init__(self, bits, num_classes, input_shapes, layers=None, transfer=None,
-                 regions=None, k: int = 2, dim: int = 256, width: int = 32,
-                 alpha: float = 16.0, num_regions: int = 4, hash_stage: int = 2):
+    def __init__(self, bits, num_classes, input_shapes, layers: bool = True,
+                 transfer: bool = True, regions: bool = True, k: int = 2, dim: int = 256,
+                 width: int = 32, alpha: float = 16.0, num_regions: int = 4, hash_stage: int = 2):
         super().__init__(bits, num_classes, input_shapes)
-        switches = dict(self.defaults, **{n: v for n, v in (("layers", layers), (
-            "transfer", transfer), ("regions", regions)) if v is not None})
-        self.layers, self.transfer, self.regions = (bool(switches[n]) for n in
-                                                    ("layers", "transfer", "regions"))
+        self.layers, self.transfer, self.regions = bool(layers), bool(transfer), bool(regions)
         self.k, self.alpha, self.num_regions, self.l = k, alpha, num_regions, hash_stage
         channels = [input_shapes[s][0] for s in STAGES]
         self.c_vectors = nn.Parameter(torch.randn(num_classes, k, dim))
@@ -260,19 +258,19 @@ class CMBH(HashMethod):
 class CMBHBase(CMBH):
     """Ablation row B of Table 4: C-vector matching and L_hash only."""
     name = "cmbh-b"
-    defaults = {"layers": False, "transfer": False, "regions": False}
+    variant_hparams = {"layers": False, "transfer": False, "regions": False}
 
 
 class CMBHLayers(CMBH):
     """Ablation row B+L of Table 4: adds early fusion and the per-layer classification."""
     name = "cmbh-l"
-    defaults = {"layers": True, "transfer": False, "regions": False}
+    variant_hparams = {"transfer": False, "regions": False}
 
 
 class CMBHLayersTransfer(CMBH):
     """Ablation row B+L+T of Table 4: adds the cross-layer transfer (Eq. 11-12)."""
     name = "cmbh-lt"
-    defaults = {"layers": True, "transfer": True, "regions": False}
+    variant_hparams = {"regions": False}
 
 
 @hookimpl

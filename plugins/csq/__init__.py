@@ -62,6 +62,8 @@ class CSQ(HashMethod):
     name = "csq"
     train_config = {"epochs": 30, "batch_size": 64,
                     "optimizer": {"type": "RMSprop", "lr": 1e-3, "weight_decay": 1e-5}}
+    search_space = {"lr": ("log", 1e-4, 1e-2), "lam": ("log", 1e-5, 1e-2),
+                    "weight_decay": ("log", 1e-6, 1e-3)}
 
     def __init__(self, bits, num_classes, input_shapes, hidden: int = 1024, lam: float = 1e-4):
         super().__init__(bits, num_classes, input_shapes)

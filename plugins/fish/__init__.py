@@ -52,6 +52,7 @@ class FISH(HashMethod):
     inputs = "stages"
     train_config = {"epochs": 30, "batch_size": 64,
                     "optimizer": {"type": "SGD", "lr": 1e-2, "momentum": 0.9}}
+    search_space = {"lr": ("log", 1e-3, 1e-1), "class_mask": ("float", 0.3, 1.0)}
 
     def __init__(self, bits, num_classes, input_shapes, class_mask: float = 0.7):
         super().__init__(bits, num_classes, input_shapes)

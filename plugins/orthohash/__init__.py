@@ -33,6 +33,8 @@ class OrthoHash(HashMethod):
     name = "orthohash"
     train_config = {"epochs": 30, "batch_size": 64,
                     "optimizer": {"type": "Adam", "lr": 1e-3}}
+    search_space = {"lr": ("log", 1e-4, 1e-2), "scale": ("float", 4.0, 16.0),
+                    "margin": ("float", 0.0, 0.5)}
 
     def __init__(self, bits, num_classes, input_shapes, hidden: int = 1024, scale: float = 8.0,
                  margin: float = 0.2, quantisation: float = 0.0):

@@ -38,6 +38,9 @@ class ThesisDDL(HashMethod):
     train_resolutions = (1, 2, 4)
     train_config = {"epochs": 20, "batch_size": 64,
                     "optimizer": {"type": "Adam", "lr": 1e-3, "weight_decay": 1e-5}}
+    search_space = {"lr": ("log", 1e-4, 1e-2), "gate_weight": ("log", 0.01, 1.0),
+                    "diversity": ("log", 0.01, 1.0), "quantisation": ("log", 0.01, 1.0),
+                    "candidate_factor": ("int", 2, 8)}
 
     def __init__(self, bits, num_classes, input_shapes, dual_path: bool = True,
                  gate_supervision: bool = True, parts: str = "text", prompts: str = "bird",

@@ -97,6 +97,10 @@ class ThesisMAD(HashMethod):
     inputs = "stages"
     train_config = {"epochs": 30, "batch_size": 128,
                     "optimizer": {"type": "Adam", "lr": 1e-3, "weight_decay": 0.0}}
+    search_space = {"lr": ("log", 1e-4, 1e-2), "prediction": ("choice", ["x0", "eps"]),
+                    "encoding": ("choice", ["itq", "select"]),
+                    "subset": ("choice", [256, 512, 1024]), "layers": ("int", 1, 4),
+                    "timestep": ("float", 0.05, 0.5)}
 
     def __init__(self, bits, num_classes, input_shapes, diffusion: bool = True,
                  multi_layer: bool = True, entropy_selection: bool = True,
@@ -206,9 +210,7 @@ class ThesisMADNoDiffusion(ThesisMAD):
     features, so there is nothing to train: entropy selection is fitted in closed form."""
     name = "thesis-mad-nodiff"
     trainable = False
-
-    def __init__(self, bits, num_classes, input_shapes, **hparams):
-        super().__init__(bits, num_classes, input_shapes, **{"diffusion": False, **hparams})
+    variant_hparams = {"diffusion": False}
 
     def fit(self, inputs, labels=None):
         self._fit_statistics(SimpleNamespace(inputs=inputs))

@@ -150,6 +150,9 @@ class ThesisSLD(HashMethod):
     name = "thesis-sld"
     train_config = {"epochs": 30, "batch_size": 64,
                     "optimizer": {"type": "Adam", "lr": 1e-3, "weight_decay": 1e-5}}
+    search_space = {"lr": ("log", 1e-4, 1e-2), "beta_min": ("float", 0.1, 0.9),
+                    "isolated_weight": ("float", 0.01, 1.0), "sub_centres": ("int", 1, 5),
+                    "quantisation": ("log", 0.01, 1.0)}
 
     def __init__(self, bits, num_classes, input_shapes, label_correction: bool = True,
                  sub_labels: bool = True, isolation: bool = True, balance: bool = True,

@@ -1,0 +1,128 @@
+"""``python -m benchmark tune``: equal budget, validation only, resumable, a config that
+``run --config`` takes."""
+import json
+import sqlite3
+
+import numpy as np
+import optuna
+import pytest
+
+from benchmark.cli import main
+from benchmark.data import build_dataset
+from benchmark.errors import BenchmarkError
+from benchmark.tune import split as tune_split
+from benchmark.tune.space import suggest
+from benchmark.tune.study import STORAGE_FILE, TuneRequest, open_study, tune
+
+QUICK = dict(dataset="synthetic-fg", bits=8, input_size=32, epoch_cap=1, val_frac=0.25)
+
+
+def _records(out):
+    rows = sqlite3.connect(out / "results.sqlite").execute(
+        "SELECT method, spec, protocol, metrics FROM runs WHERE status = 'ok'").fetchall()
+    return [(m, json.loads(s), json.loads(p), json.loads(x)) for m, s, p, x in rows]
+
+
+def _studies(out):
+    storage = f"sqlite:///{out / STORAGE_FILE}"
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def test_tune_gives_every_method_the_same_budget_and_a_config_run_takes(tmp_path, cache_dir,
+                                                                         capsys):
+    out = tmp_path / "tune"
+    chosen = tune(TuneRequest(methods=["dsh", "csq"], trials=2, out=out, cache_dir=cache_dir,
+                              **QUICK), log=lambda *_: None)
+    for method, result in chosen.items():
+        rule = result["selection"]
+        assert (rule["trials"], rule["epoch_cap"], rule["objective"]) == (2, 1, "map_tie_aware")
+        assert rule["split"]["val_frac"] == 0.25 and result["hparams"]["epochs"] == 1
+    for study in _studies(out).values():
+        trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(trials) == 2
+    records = _records(out)
+    assert len(records) >= 3 and all(s["tuning"]["objective"] == "map_tie_aware" for _, s, _, _ in records)
+    assert all(s["train"]["epochs"] <= 1 for _, s, _, _ in records)
+    # a trial is a run: val queries against the rest of train, on the tuning set
+    dataset = tune_split.tuning_set(build_dataset("synthetic-fg"), 0.25, 0)
+    for _, spec, protocol, _ in records:
+        assert spec["dataset"] == dataset.name
+        counts = protocol["materialised"]["counts"]
+        assert counts["query"] == (~dataset.is_train).sum() and counts["database"] == dataset.is_train.sum()
+    # the leaderboard leaves trials out; run --config records the selection rule
+    assert main(["leaderboard", "--results", str(out), "--out", str(tmp_path / "board")]) == 2
+    assert "no runs" in capsys.readouterr().err  # every record there is a trial
+    run_out = tmp_path / "run"
+    assert main(["run", "--methods", "dsh", "--dataset", "synthetic-fg", "--input-size", "32",
+                 "--bits", "8", "--no-progress", "--out", str(run_out), "--cache-dir", str(cache_dir),
+                 "--config", str(out / "tuned.yaml")]) == 0
+    (_, spec, _, _), = _records(run_out)
+    assert spec["selection"] == chosen["dsh"]["selection"] and "tuning" not in spec
+    assert spec["train"]["epochs"] == 1
+
+
+def test_tuning_never_opens_the_test_split(tmp_path, monkeypatch):
+    full = build_dataset("synthetic-fg")
+    opened = []
+
+    def load(i):
+        opened.append(i)
+        return full_load(i)
+    full_load = full.load
+    full.load = load
+    monkeypatch.setattr(tune_split, "build_dataset", lambda *a, **k: full)
+    out = tmp_path / "tune"
+    tune(TuneRequest(methods=["dsh"], trials=1, out=out, cache_dir=tmp_path / "cache", **QUICK),
+         log=lambda *_: None)
+    train = set(np.flatnonzero(full.is_train).tolist())
+    assert opened and set(opened) <= train  # features were made, of train images only
+    test_labels = set(full.labels[~full.is_train].tolist())
+    for _, spec, protocol, _ in _records(out):
+        assert protocol["materialised"]["counts"]["query"] < len(train)
+    assert test_labels  # (the test split exists; none of its images was loaded)
+
+
+def test_a_killed_tune_resumes_where_it_stopped(tmp_path, cache_dir):
+    out = tmp_path / "tune"
+    request = TuneRequest(methods=["dsh"], trials=2, out=out, cache_dir=cache_dir, **QUICK)
+    tune(request, log=lambda *_: None)
+    runs_before = len(_records(out))
+    (name, study), = _studies(out).items()
+    from benchmark.method import hparam_defaults
+    from benchmark.tune.space import capped, checked_space
+    from registry import load_plugins
+    cls = load_plugins().methods["dsh"].cls
+    space, _ = capped(checked_space(cls, "dsh"), hparam_defaults(cls), 1)
+    killed = study.ask()  # a trial that was running when the tune was killed
+    killed_values = suggest(killed, space)
+    lines = []
+    tune(TuneRequest(methods=["dsh"], trials=3, out=out, cache_dir=cache_dir, **QUICK),
+         log=lines.append)
+    study = _studies(out)[name]
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    assert study.trials[killed.number].state == optuna.trial.TrialState.FAIL
+    redone = [t for t in study.trials if t.number > killed.number]
+    assert redone[0].params == killed_values  # the killed trial's values, asked again
+    assert len(_records(out)) == runs_before + 1  # the two finished trials were not re-run
+    assert sum("-> val" in line for line in lines) == 1  # one trial ran
+
+
+def test_tune_refuses_what_it_cannot_tune(tmp_path, capsys):
+    with pytest.raises(BenchmarkError, match="lsh: nothing to tune"):
+        tune(TuneRequest(methods=["dsh", "lsh"], out=tmp_path, **QUICK))
+    assert main(["tune", "--methods", "dsh", "--trials", "0", "--out", str(tmp_path)]) == 2
+    assert "--trials must be at least 1" in capsys.readouterr().err
+    with pytest.raises(BenchmarkError, match="unknown hyperparameter"):
+        tune(TuneRequest(methods=["dsh"], out=tmp_path, hparams="dsh.nope=1", **QUICK))
+
+
+def test_open_study_is_seeded_by_its_trial_count(tmp_path):
+    request = TuneRequest(methods=["dsh"], trials=4, out=tmp_path)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    first = open_study("x", storage, request)
+    assert first.sampler._rng.rng.bytes(4) == optuna.samplers.TPESampler(seed=0)._rng.rng.bytes(4)
+    first.enqueue_trial({"lr": 0.1})
+    again = open_study("x", storage, request)
+    assert again.sampler._rng.rng.bytes(4) == optuna.samplers.TPESampler(seed=1)._rng.rng.bytes(4)
