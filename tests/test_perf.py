@@ -24,8 +24,50 @@ def test_perf_quick_prints_every_section_and_exact_values():
     ours = re.search(r"benchmark.evaluation \(sort-free\)\s+\S+ s\s+mAP (\S+)", out).group(1)
     assert stable == ours
     assert float(re.search(r"AP difference from the stable-sort reference (\S+)", out).group(1)) < 1e-12
-    assert re.search(r"speed-up \d+\.\dx vs the DeepHash-style loop", out)
     assert re.search(r"peak RSS \d+ MiB", out)
+    assert_ratios_follow_the_printed_times(out)
+
+
+def consistent(ratio: float, top: float, bottom: float, top_step: float, bottom_step: float,
+               ratio_step: float = 0.1) -> bool:
+    """Could ``ratio`` (printed to ``ratio_step``) be top / bottom for values printed as
+    ``top`` and ``bottom`` (to ``top_step`` / ``bottom_step``)?"""
+    if bottom - bottom_step / 2 <= 0:
+        return True  # a time printed as zero bounds nothing
+    low = (top - top_step / 2) / (bottom + bottom_step / 2)
+    high = (top + top_step / 2) / (bottom - bottom_step / 2)
+    return low - ratio_step / 2 <= ratio <= high + ratio_step / 2
+
+
+def assert_ratios_follow_the_printed_times(out: str) -> None:
+    """Every ratio ``perf`` prints is the ratio of the times and rates it printed."""
+    times = {name: float(re.search(rf"{name}\s+(\S+) s", out).group(1)) for name in
+             ("DeepHash-style per-query argsort loop", "stable-sort reference \\(vectorised\\)",
+              "benchmark.evaluation \\(sort-free\\)")}
+    loop, stable, ours = times.values()
+    speed = re.search(r"speed-up (\S+)x vs the DeepHash-style loop, (\S+)x vs the stable-sort", out)
+    assert consistent(float(speed.group(1)), loop, ours, 1e-3, 1e-3), (speed.group(0), times)
+    assert consistent(float(speed.group(2)), stable, ours, 1e-3, 1e-3), (speed.group(0), times)
+    table = {(name.strip(), int(db.replace(",", ""))): (float(ms), float(qps.replace(",", "")))
+             for name, db, ms, qps in re.findall(
+                 r"^   (\S.*?)\s+\d+\s+([\d,]+)\s+([\d.]+)\s+[\d.]+\s+([\d,]+)$", out, re.M)}
+    lines = re.findall(r"^\s+([\d,]+): padded vs un-padded (\S+)x / (\S+)x((?:; binary 48b padded "
+                       r"vs float \d+-d \S+x / \S+x)*)$", out, re.M)
+    assert lines and table, out
+    largest = []
+    for db, lat, rate, floats in lines:
+        n = int(db.replace(",", ""))
+        (pad_ms, pad_qps), (raw_ms, raw_qps) = table[("48 bits padded to 64", n)], table[("48 bits un-padded", n)]
+        assert consistent(float(lat), raw_ms, pad_ms, 1e-3, 1e-3) and \
+            consistent(float(rate), pad_qps, raw_qps, 1, 1), (db, lat, rate, table)
+        for dim, lat_f, rate_f in re.findall(r"float (\d+)-d (\S+)x / (\S+)x", floats):
+            float_ms, float_qps = table[(f"float {dim}-d", n)]
+            assert consistent(float(lat_f), float_ms, pad_ms, 1e-3, 1e-3), (db, dim, lat_f, table)
+            assert consistent(float(rate_f), pad_qps, float_qps, 1, 1), (db, dim, rate_f, table)
+            largest.append((float(lat_f), float(rate_f)))
+    found = re.search(r"largest in this run: (\d+)x per-query latency .*?, (\d+)x batch throughput", out)
+    assert abs(int(found.group(1)) - max(l for l, _ in largest)) <= 0.55
+    assert abs(int(found.group(2)) - max(r for _, r in largest)) <= 0.55
 
 
 def test_perf_rejects_bad_threads():
