@@ -73,7 +73,6 @@ def test_a_corrupted_closed_form_number_fails(committed, tmp_path, cache_dir):
     assert verdicts == {"lsh": "DIFFERS", "itq": "ok"}
 
 
-@pytest.mark.xfail(strict=True, reason="needs the plugin code digest in the run spec (issue #12)")
 def test_a_method_whose_code_changed_is_refused(tmp_path, cache_dir):
     site = make_plugin_dist(tmp_path / "site", "edited-plugin", "edited", "edited_plugin", EDITABLE)
     env = {"PYTHONPATH": str(site)}

@@ -72,6 +72,15 @@ def half_width(values: list[float]) -> float:
     return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
 
 
+def stored_hparams(spec: dict) -> dict:
+    """The record's resolved hyperparameters and training config as ``--hparams`` values."""
+    train = dict(spec.get("train") or {})
+    optimizer = dict(train.pop("optimizer", None) or {})
+    if "type" in optimizer:
+        train["optimizer"] = optimizer.pop("type")
+    return {**spec.get("hparams", {}), **train, **optimizer}
+
+
 def request_for(record: dict, out: Path, data_root, cache_dir) -> GridRequest:
     """The one-run grid request that produced ``record``."""
     spec = record["spec"]
@@ -82,7 +91,8 @@ def request_for(record: dict, out: Path, data_root, cache_dir) -> GridRequest:
     protocol = spec["protocol"]
     return GridRequest(methods=[spec["method"]], dataset=dataset, bits=[spec["bits"]],
                        seeds=[spec["seed"]], regime=spec["regime"], backbone=spec["backbone"],
-                       input_size=spec["input_size"], epochs=spec.get("epochs"),
+                       input_size=spec["input_size"],
+                       hparams={spec["method"]: stored_hparams(spec)},
                        max_classes=int(first) if first.isdigit() else None, data_root=data_root,
                        out=out, overwrite="always", cache_dir=cache_dir, progress=False,
                        noise=protocol.get("noise"), long_tail=protocol.get("long_tail"),
