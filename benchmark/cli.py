@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import BenchmarkError
+from .grid import splitfile
 from .report import commands as report_commands
 
 
@@ -91,7 +92,8 @@ def cmd_run(args) -> int:
                           precision=args.precision, workers=args.workers,
                           keep_checkpoints=args.keep_checkpoints, hparams=args.hparams,
                           config=args.config, executor=args.executor,
-                          ray_address=args.ray_address, max_parallel=args.max_parallel)
+                          ray_address=args.ray_address, max_parallel=args.max_parallel,
+                          unseen_classes=args.unseen_classes, protocol_file=args.protocol_file)
     records = run_grid(request)
     failed = [r for r in records if r["status"] != "ok"]
     print(f"{len(records) - len(failed)} runs ok, {len(failed)} failed; "
@@ -175,12 +177,17 @@ def _list_parser(sub) -> None:
                          help="only the methods of the default leaderboard grid")
 
 
+def _methods_and_data(parser) -> None:
+    """The arguments ``run`` and ``tune`` share: methods, dataset, data root."""
+    parser.add_argument("--methods", type=_name_list, required=True)
+    parser.add_argument("--dataset", default="cub100")
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding the dataset folders (default: $BENCHMARK_DATA_ROOT)")
+
+
 def _run_parser(sub) -> None:
     run = sub.add_parser("run", help="train and evaluate methods x bits x seeds")
-    run.add_argument("--methods", type=_name_list, required=True)
-    run.add_argument("--dataset", default="cub100")
-    run.add_argument("--data-root", default=None,
-                     help="folder holding the dataset folders (default: $BENCHMARK_DATA_ROOT)")
+    _methods_and_data(run)
     run.add_argument("--bits", type=_int_list, default=[12, 24, 32, 48])
     run.add_argument("--seeds", type=_int_list, default=[0])
     run.add_argument("--regime", default="frozen")
@@ -217,10 +224,7 @@ def _settings_arguments(parser) -> None:
 
 def _tune_parser(sub) -> None:
     tune = sub.add_parser("tune", help="equal-budget hyperparameter search on a validation split")
-    tune.add_argument("--methods", type=_name_list, required=True)
-    tune.add_argument("--dataset", default="cub100")
-    tune.add_argument("--data-root", default=None,
-                      help="folder holding the dataset folders (default: $BENCHMARK_DATA_ROOT)")
+    _methods_and_data(tune)
     tune.add_argument("--bits", type=int, default=32, help="the one bit length tuned at")
     tune.add_argument("--trials", type=int, default=20, help="complete trials per method")
     tune.add_argument("--val-frac", type=float, default=0.2,
@@ -259,13 +263,21 @@ def _protocol_arguments(run) -> None:
                           help="downsample database images by factor S (default 1: full size)")
     protocol.add_argument("--val-frac", type=float, default=0.0, metavar="F",
                           help="carve F of each class's train images for validation-based "
-                               "model selection (default 0: last epoch)")
+                               "model selection; the reported run is retrained on the full "
+                               "training split for the selected epochs (default 0: last epoch)")
+    protocol.add_argument("--unseen-classes", type=_float_list, default=[0.0], metavar="F[,F...]",
+                          help="hold a seeded share F of the classes out of training; each F runs "
+                               "seen@seen, seen@all, unseen@unseen and unseen@all")
+    protocol.add_argument("--protocol-file", default=None, metavar="FILE",
+                          help="run exactly the split of a file from `protocol export` (its "
+                               "protocol and seed)")
     run.add_argument("--on-bad-image", default="fail", choices=["fail", "skip"],
                      help="an unreadable image fails the runs (default) or is left out")
     run.add_argument("--backbone", default="efficientnet_lite0",
                      help="backbone (registry BACKBONES): efficientnet_lite0, resnet18, resnet50")
-    run.add_argument("--backbone-weights", default=None, metavar="PATH",
-                     help="ImageNet checkpoint for the backbone (torchvision or mmpretrain format)")
+    run.add_argument("--backbone-weights", default=None, metavar="PATH|none",
+                     help="ImageNet checkpoint for the backbone (torchvision or mmpretrain "
+                          "format); none: random init, said explicitly")
     compute = run.add_argument_group("compute (recorded; only --precision changes a run's identity)")
     compute.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N")
     compute.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -345,14 +357,15 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m benchmark", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_list_parser, _run_parser, _check_parser, _data_parser, _leaderboard_parser,
-                _perf_parser, _reproduce_parser, *report_commands.PARSERS, _tune_parser):
+                _perf_parser, _reproduce_parser, *report_commands.PARSERS, _tune_parser,
+                splitfile.add_parser):
         add(sub)
     return p
 
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "data": cmd_data, "check-plugin": cmd_check_plugin,
             "leaderboard": cmd_leaderboard, "perf": cmd_perf, "reproduce": cmd_reproduce,
-            **report_commands.COMMANDS, "tune": cmd_tune}
+            **report_commands.COMMANDS, "tune": cmd_tune, "protocol": splitfile.command}
 
 
 def main(argv=None) -> int:

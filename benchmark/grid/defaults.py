@@ -6,6 +6,6 @@
 #: stage maps (thesis-msd, -mad, -ddl: far costlier per run on a CPU) are measured in
 #: leaderboards/thesis and leaderboards/ablations.
 DEFAULT_GRID = {"dataset": "cub100", "regime": "frozen", "bits": (12, 24, 32, 48),
-                "seeds": (0, 1, 2),
+                "seeds": (0, 1, 2, 3, 4),
                 "methods": ("lsh", "itq", "dsh", "dpsh", "hashnet", "greedyhash", "csq",
                             "orthohash", "fish", "a2net", "a2netpp", "cmbh", "thesis-sld")}
