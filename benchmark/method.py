@@ -74,6 +74,9 @@ optimiser's keyword arguments (``lr``, ``momentum``, ...). Users set them per me
 (``--hparams dsh.alpha=0.1,dsh.lr=0.02`` or a ``--config`` file); a value must have its
 default's type and lie in ``hparam_ranges`` (and, for training ones, the harness's
 ``TRAIN_RANGES``). ``search_space`` declares what ``python -m benchmark tune`` may vary.
+Every trainable method also takes ``schedule``, its learning-rate schedule
+(:mod:`benchmark.run.schedule`, e.g. ``step:70:0.1``; default ``none``), and may declare
+``regime_hparams``: defaults for one regime (``frozen`` / ``finetune``) over its own.
 The run id covers the resolved values (defaults filled in) and a digest of the method's
 code, so changing a default re-runs the method.
 
@@ -114,6 +117,9 @@ class HashMethod(nn.Module):
     search_space: ClassVar[dict] = {}
     #: a named variant's settings over its base class's defaults (see "Variants").
     variant_hparams: ClassVar[dict] = {}
+    #: defaults for one regime over the class's own, under the user's settings, e.g.
+    #: ``{"finetune": {"lr": 1e-3, "epochs": 100, "schedule": "step:70:0.1"}}``.
+    regime_hparams: ClassVar[dict] = {}
 
     def __init_subclass__(cls, **kwargs):
         """A class that declares ``variant_hparams`` gets them as constructor defaults (on
@@ -185,6 +191,9 @@ class HashMethod(nn.Module):
 
 
 CONSTRUCTOR_ARGS = ("bits", "num_classes", "input_shapes")
+#: the training hyperparameter every trainable method takes: its lr schedule
+#: (``benchmark.run.schedule``; "none", the default, keeps it out of the run's spec)
+SCHEDULE = "schedule"
 #: valid ranges of training hyperparameters (inclusive; None = open), for every method
 TRAIN_RANGES = {"epochs": (1, None), "batch_size": (2, None), "lr": (0, None),
                 "weight_decay": (0, None), "momentum": (0, 1)}
@@ -234,8 +243,8 @@ def split_hparams(cls, values: dict) -> tuple[dict, dict | None]:
     kwargs = {k: v for k, v in values.items() if k in keywords}
     if not cls.trainable:
         return kwargs, None
-    top = {k for k in cls.train_config if k != "optimizer"} | {"epochs", "batch_size"}
-    config = {k: v for k, v in values.items() if k in top}
+    top = {k for k in cls.train_config if k != "optimizer"} | {"epochs", "batch_size", SCHEDULE}
+    config = {k: v for k, v in values.items() if k in top and (k != SCHEDULE or v not in (None, "none"))}
     config["optimizer"] = {"type": values["optimizer"],
                            **{k: v for k, v in values.items()
                               if k not in keywords and k not in top and k != "optimizer"}}

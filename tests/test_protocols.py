@@ -91,8 +91,10 @@ def test_steps_apply_in_order_validation_then_long_tail_then_noise():
     # noise is counted on the long-tailed train counts and on the validation counts
     assert flips_per_class(split.train_index, split.train_labels) == [round(0.4 * n) for n in counts]
     assert flips_per_class(split.val_index, split.val_labels) == [2] * C
+    # val_rule "retrain": the reported run's database is the full training split (train + val)
     assert split.facts["counts"] == {"train": int(counts.sum()), "val": 5 * C,
-                                     "query": TEST * C, "database": int(counts.sum())}
+                                     "query": TEST * C, "database": int(counts.sum()) + 5 * C,
+                                     "retrain": int(counts.sum()) + 5 * C}
 
 
 def test_noise_is_deterministic_in_the_seed_and_hashed():

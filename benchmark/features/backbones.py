@@ -68,13 +68,39 @@ class EfficientNetLite0(nn.Module):
         return out
 
 
+#: ``--backbone-weights none``: start from random initialisation, said explicitly; records
+#: then hold ``backbone_weights = RANDOM_INIT``
+NO_WEIGHTS, RANDOM_INIT = "none", "random init"
+
+
 def build_backbone(name: str, **kwargs) -> nn.Module:
-    """Build the backbone registered as ``name`` (built-in or from a plugin)."""
+    """Build the backbone registered as ``name`` (built-in or from a plugin);
+    ``weights="none"`` builds it without pretrained weights."""
     from registry import load_plugins
     load_plugins()  # third-party backbones register through the plugin hooks
     if name not in BACKBONES.module_dict:
         raise BenchmarkError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES.module_dict))}")
+    if kwargs.get("weights") == NO_WEIGHTS:
+        kwargs = {**kwargs, "weights": None, "pretrained": False}
     return BACKBONES.module_dict[name](**kwargs)  # not .build: Registry.get reads "a.b" as a scope
+
+
+def weights_spec(weights: str) -> str:
+    """What a run's spec holds for ``--backbone-weights``: the checkpoint's SHA-256 (16 hex
+    digits), or ``RANDOM_INIT`` for ``none``."""
+    return RANDOM_INIT if weights == NO_WEIGHTS else file_sha256(weights)[:16]
+
+
+def check_pretrained(name: str, weights: str | None) -> None:
+    """A backbone that has no pretrained weights of its own (``needs_weights`` names what it
+    wants) runs only with ``--backbone-weights PATH`` or, said explicitly, ``none``."""
+    from registry import load_plugins
+    load_plugins()
+    wanted = getattr(BACKBONES.module_dict.get(name), "needs_weights", None)
+    if wanted and not weights:
+        raise BenchmarkError(f"--backbone {name} has no pretrained weights here: give "
+                             f"--backbone-weights PATH ({wanted}), or --backbone-weights none "
+                             f"to train from random init")
 
 
 #: the numpy globals mmpretrain / mmcv checkpoints carry in their metadata (scalars such as a
@@ -148,8 +174,11 @@ class MMPretrainResNet(nn.Module):
     32) plus ``pooled`` = global average of the last stage. No ImageNet weights can be
     downloaded here: pass ``weights`` (``--backbone-weights``, torchvision or mmpretrain
     checkpoint); without it the network starts from random initialisation
-    (``weights_id = "random-init"``). Input normalisation: ImageNet mean/std."""
+    (``weights_id = "random-init"``; a run must say ``--backbone-weights none``).
+    Input normalisation: ImageNet mean/std."""
     depth = 50
+    #: what ``check_pretrained`` asks for when no weights are given
+    needs_weights = "an ImageNet checkpoint: torchvision resnet*.pth or mmpretrain resnet*_in1k"
     mean = (0.485, 0.456, 0.406)
     std = (0.229, 0.224, 0.225)
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ..errors import BenchmarkError
-from ..method import TRAIN_RANGES, hparam_defaults, split_hparams
+from ..method import SCHEDULE, TRAIN_RANGES, hparam_defaults, split_hparams
+from ..run.schedule import canonical as canonical_schedule
 
 CONFIG_KEYS = ("hparams", "variants", "selection")
 
@@ -157,14 +158,15 @@ def checked_values(cls, name: str, given: dict) -> dict:
     defaults = hparam_defaults(cls)
     ranges = {**TRAIN_RANGES, **cls.hparam_ranges}
     accepted: set[str] = set()
-    if cls.trainable:
-        accepted = _optimizer_arguments(name, given.get("optimizer", defaults["optimizer"]))
+    if cls.trainable:  # every trainable method takes a schedule (benchmark.run.schedule)
+        accepted = _optimizer_arguments(name, given.get("optimizer", defaults["optimizer"])) | {SCHEDULE}
     values = dict(defaults)
     for key, value in given.items():
         if key not in defaults and key not in accepted:
             raise BenchmarkError(f"{name}: unknown hyperparameter {key!r}; known: "
                                  f"{', '.join(sorted(defaults)) or '(none)'}")
-        values[key] = _typed(name, key, value, defaults.get(key))
+        values[key] = _typed(name, key, value, defaults.get(key)) if key != SCHEDULE \
+            else canonical_schedule(name, value)
         _in_range(name, key, values[key], ranges)
     default_arguments = set(cls.train_config.get("optimizer", {})) - {"type"} if cls.trainable else set()
     for key in sorted(default_arguments - accepted):

@@ -20,19 +20,32 @@ Order of application to the official train split (queries are never touched):
 
 ``resolution = S`` / ``resolution_db = S``: queries / database images are centre-cropped,
 shrunk by the factor S and resized back before the backbone (``features.Transform``).
+
+``unseen_classes = F`` (:mod:`.unseen`) comes first: a seeded share of the classes leaves the
+train split (steps 1-3 act on the seen classes; noise flips only to seen classes), and
+``unseen_eval`` restricts queries and database to one of four settings.
+
+With a validation split the reported run is retrained on the full training split (train and
+validation, ``val_rule = "retrain"``, :meth:`Split.full_training`), so the database is the
+full training split: ``train_index`` is what selection trains on, ``db_index`` the database
+of the reported run.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import BenchmarkError
+from .unseen import check_setting, choose_unseen, restrict
 
 NOISE_KINDS = ("symmetric", "pairflip")
+#: how a run with a validation split is reported (README "Protocols")
+VAL_RULES = ("retrain",)
 # Independent seeded streams per step, so one step's draws never shift another's.
-_STREAM = {"val": 1, "long_tail": 2, "noise": 3}
+_STREAM = {"val": 1, "long_tail": 2, "noise": 3, "unseen": 4}
 
 
 # ---------------------------------------------------------------- parsing
@@ -103,6 +116,11 @@ class Protocol:
     resolution: float = 1
     resolution_db: float = 1
     val_frac: float = 0.0
+    val_rule: str = "retrain"
+    unseen_classes: float = 0.0
+    unseen_eval: str | None = None
+    #: content hash of a split file the protocol was read from (``grid.splitfile``)
+    split_file: str | None = None
 
     def __post_init__(self):
         for name in ("resolution", "resolution_db"):
@@ -111,6 +129,9 @@ class Protocol:
                                      f"factor), got {getattr(self, name)}")
         if not 0 <= self.val_frac < 1:
             raise BenchmarkError(f"--val-frac must be in [0, 1), got {self.val_frac}")
+        if self.val_rule not in VAL_RULES:
+            raise BenchmarkError(f"val_rule {self.val_rule!r}: expected one of {', '.join(VAL_RULES)}")
+        check_setting(self.unseen_classes, self.unseen_eval)
 
     @property
     def noise_kind_rate(self):
@@ -126,14 +147,20 @@ class Protocol:
                 "long_tail": f"exp:{_canonical_number(rho)}" if rho else None,
                 "resolution": _canonical_number(self.resolution),
                 "resolution_db": _canonical_number(self.resolution_db),
-                "val_frac": _canonical_number(self.val_frac)}
+                "val_frac": _canonical_number(self.val_frac),
+                # keys below appear only when switched on, so earlier run ids stay as they were
+                **({"val_rule": self.val_rule} if self.val_frac > 0 else {}),
+                **({"unseen_classes": _canonical_number(self.unseen_classes),
+                    "unseen_eval": self.unseen_eval} if self.unseen_classes > 0 else {}),
+                **({"split_file": self.split_file} if self.split_file else {})}
 
 
 def protocol_label(protocol: dict) -> str:
     """The switched-on fields of a protocol spec (those differing from the clean protocol),
     e.g. "noise=symmetric:0.5"; "clean" when none is."""
     clean = Protocol().spec()
-    parts = [f"{k}={v}" for k, v in sorted(protocol.items()) if k in clean and v != clean[k]]
+    parts = [f"{k}={v}" for k, v in sorted(protocol.items())
+             if k != "materialised" and v != clean.get(k)]
     return ", ".join(parts) or "clean"
 
 
@@ -195,26 +222,29 @@ def subsample_long_tail(train_index: np.ndarray, labels: np.ndarray, rho: float,
 
 
 def corrupt_labels(labels: np.ndarray, kind: str, rate: float, num_classes: int,
-                   rng: np.random.Generator) -> np.ndarray:
-    """Flip ``round(rate * n_c)`` labels of each class c (see module docstring)."""
+                   rng: np.random.Generator, classes: np.ndarray | None = None) -> np.ndarray:
+    """Flip ``round(rate * n_c)`` labels of each class c (see module docstring) to another of
+    ``classes`` (sorted; default all ``num_classes``, which draws exactly as without it)."""
     noisy = labels.copy()
+    targets = np.arange(num_classes) if classes is None else np.asarray(classes)
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         flip = rng.permutation(members)[:round(rate * len(members))]
+        slot = int(np.searchsorted(targets, c))
         if kind == "pairflip":
-            noisy[flip] = (c + 1) % num_classes
+            noisy[flip] = targets[(slot + 1) % len(targets)]
         else:
-            other = rng.integers(0, num_classes - 1, size=len(flip))
-            noisy[flip] = other + (other >= c)
+            other = rng.integers(0, len(targets) - 1, size=len(flip))
+            noisy[flip] = targets[other + (other >= slot)]
     return noisy
 
 
-def _noisy_labels(labels, train_index, val_index, kind, rate, num_classes, rng):
+def _noisy_labels(labels, train_index, val_index, kind, rate, num_classes, rng, classes=None):
     """Train then validation labels after noise, each split corrupted on its own (exactly
     ``round(rate * n_c)`` flips per class in each; one stream, train first, so a run
     without validation draws what it always drew), and the realised rates."""
-    train = corrupt_labels(labels[train_index], kind, rate, num_classes, rng)
-    val = corrupt_labels(labels[val_index], kind, rate, num_classes, rng)
+    train = corrupt_labels(labels[train_index], kind, rate, num_classes, rng, classes)
+    val = corrupt_labels(labels[val_index], kind, rate, num_classes, rng, classes)
     facts = {"kind": kind, "rate": rate,
              "realised_rate": round(float((train != labels[train_index]).mean()), 6)}
     if len(val_index):
@@ -225,13 +255,45 @@ def _noisy_labels(labels, train_index, val_index, kind, rate, num_classes, rng):
 @dataclass
 class Split:
     """A materialised protocol: which images play which role, and the labels a method sees."""
-    train_index: np.ndarray      # what the method trains on
+    train_index: np.ndarray      # what the method trains on (selection, with a validation split)
     val_index: np.ndarray        # model selection (empty without --val-frac)
     query_index: np.ndarray
-    db_index: np.ndarray         # the retrieval database (= train_index unless the dataset has a gallery)
+    db_index: np.ndarray         # the reported run's database (the full training split unless
+    #                              the dataset has a gallery or the unseen protocol adds to it)
     train_labels: np.ndarray     # labels given to the method (after noise)
     val_labels: np.ndarray       # validation labels (after the same noise)
     facts: dict = field(default_factory=dict)
+
+    def full_training(self) -> "Split":
+        """The split of the reported run under ``val_rule = "retrain"``: training on train
+        and validation images (each with its label after noise), no validation split."""
+        index = np.concatenate([self.train_index, self.val_index])
+        order = np.argsort(index, kind="stable")
+        given = np.concatenate([self.train_labels, self.val_labels])
+        return dataclasses.replace(self, train_index=index[order], train_labels=given[order],
+                                   val_index=self.val_index[:0], val_labels=self.val_labels[:0])
+
+
+def _remove_unseen(labels, train_index, protocol: Protocol, seed: int):
+    """(seen train images, unseen classes or None, the unseen classes' train images)."""
+    if not protocol.unseen_classes:
+        return train_index, None, train_index[:0]
+    unseen = choose_unseen(labels[train_index], protocol.unseen_classes, _rng(seed, "unseen"))
+    hidden = np.isin(labels[train_index], unseen)
+    return train_index[~hidden], unseen, train_index[hidden]
+
+
+def _evaluated(labels, protocol: Protocol, unseen, held_out, training, query_index, db_mask,
+               facts: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, database): the full training split ``training`` (or the dataset's gallery),
+    restricted by the unseen-class setting when there is one (:mod:`.unseen`)."""
+    db_index = training if db_mask is None else np.flatnonzero(db_mask)
+    if unseen is None:
+        return query_index, db_index
+    facts["unseen"] = {"fraction": protocol.unseen_classes, "eval": protocol.unseen_eval,
+                       "count": len(unseen), "classes": unseen.tolist(), "hash": _digest(unseen)}
+    pool = np.union1d(db_index, held_out) if db_mask is None else db_index
+    return restrict(protocol.unseen_eval, labels, unseen, query_index, pool)
 
 
 def materialise(labels: np.ndarray, is_train: np.ndarray, num_classes: int,
@@ -240,10 +302,10 @@ def materialise(labels: np.ndarray, is_train: np.ndarray, num_classes: int,
     """Apply the protocol to a dataset's split; deterministic in (labels, split, protocol, seed).
 
     ``query_mask``/``db_mask`` come from datasets with an explicit query/gallery split
-    (re-ID); otherwise query = test split and database = the (protocol's) train split.
+    (re-ID); otherwise query = test split and database = the (protocol's) full train split.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    train_index = np.flatnonzero(is_train)
+    train_index, unseen, held_out = _remove_unseen(labels, np.flatnonzero(is_train), protocol, seed)
     query_index = np.flatnonzero(~is_train if query_mask is None else query_mask)
     val_index = np.empty(0, dtype=np.int64)
     facts: dict = {}
@@ -258,14 +320,17 @@ def materialise(labels: np.ndarray, is_train: np.ndarray, num_classes: int,
     seen_labels = labels[seen]
     if protocol.noise_kind_rate:
         kind, rate = protocol.noise_kind_rate
+        targets = None if unseen is None else np.unique(seen_labels)  # seen classes only
         noisy, facts["noise"] = _noisy_labels(labels, train_index, val_index, kind, rate,
-                                              num_classes, _rng(seed, "noise"))
+                                              num_classes, _rng(seed, "noise"), targets)
         facts["noise"]["hash"] = _digest(seen, noisy)
     else:
         noisy = seen_labels
     if np.intersect1d(seen, query_index).size:
         raise BenchmarkError("protocol error: query images overlap the training split")
-    db_index = train_index if db_mask is None else np.flatnonzero(db_mask)
+    query_index, db_index = _evaluated(labels, protocol, unseen, held_out,
+                                       np.union1d(train_index, val_index), query_index, db_mask,
+                                       facts)
     split = Split(train_index=train_index, val_index=val_index, query_index=query_index,
                   db_index=db_index, train_labels=noisy[:len(train_index)],
                   val_labels=noisy[len(train_index):], facts=facts)
@@ -273,4 +338,6 @@ def materialise(labels: np.ndarray, is_train: np.ndarray, num_classes: int,
                             split.val_labels, split.query_index, split.db_index)
     facts["counts"] = {"train": len(train_index), "val": len(val_index),
                        "query": len(query_index), "database": len(db_index)}
+    if len(val_index):  # val_rule "retrain": the reported run trains on both
+        facts["counts"]["retrain"] = len(train_index) + len(val_index)
     return split

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BenchmarkError
-from ..features.backbones import check_backbone_weights
+from ..features.backbones import NO_WEIGHTS, check_backbone_weights, check_pretrained
 from ..run.device import PRECISIONS, check_device
 from .protocols import Protocol, expand_grid
+from .unseen import SETTINGS
 
 OVERWRITE_MODES = ("never", "missing", "always")
 #: the longest code a run may ask for (a guard against typos such as --bits 100000)
@@ -42,6 +43,10 @@ class GridRequest:
     resolution: list[float] = field(default_factory=lambda: [1])
     resolution_db: float = 1
     val_frac: float = 0.0
+    #: shares of the classes held out of training (``grid.unseen``), each in its four settings
+    unseen_classes: list[float] = field(default_factory=lambda: [0.0])
+    #: a split file (``grid.splitfile``): its protocol and seed replace the protocol flags
+    protocol_file: str | None = None
     on_bad_image: str = "fail"
     backbone_weights: str | None = None
     #: auto (a GPU when present), cpu, cuda or cuda:N; recorded, not part of a run's identity
@@ -68,14 +73,20 @@ class GridRequest:
         return settings_of(self.hparams, self.config, self.epochs, self.tuning)
 
     def protocols(self) -> list[Protocol]:
-        """Every protocol combination of the request (duplicates after normalising dropped)."""
+        """Every protocol combination of the request (duplicates after normalising dropped);
+        with ``protocol_file``, the file's protocol alone."""
+        if self.protocol_file:
+            from .splitfile import protocol_of
+            return [protocol_of(self.protocol_file)]
         out = {}
         for noise in expand_grid(self.noise, "--noise"):
             for tail in expand_grid(self.long_tail, "--long-tail"):
                 for resolution in self.resolution:
-                    p = Protocol(noise=noise, long_tail=tail, resolution=resolution,
-                                 resolution_db=self.resolution_db, val_frac=self.val_frac)
-                    out.setdefault(json.dumps(p.spec(), sort_keys=True), p)
+                    for unseen, setting in _unseen_settings(self.unseen_classes):
+                        p = Protocol(noise=noise, long_tail=tail, resolution=resolution,
+                                     resolution_db=self.resolution_db, val_frac=self.val_frac,
+                                     unseen_classes=unseen, unseen_eval=setting)
+                        out.setdefault(json.dumps(p.spec(), sort_keys=True), p)
         return list(out.values())
 
     def validate(self) -> None:
@@ -96,7 +107,8 @@ class GridRequest:
             (self.epochs is not None and self.epochs < 1, "--epochs must be at least 1"),
             (self.on_bad_image not in BAD_IMAGE_MODES,
              f"--on-bad-image must be one of {', '.join(BAD_IMAGE_MODES)}"),
-            (bool(self.backbone_weights) and not Path(self.backbone_weights or "").is_file(),
+            (self.backbone_weights not in (None, "", NO_WEIGHTS)
+             and not Path(self.backbone_weights or "").is_file(),
              f"--backbone-weights {self.backbone_weights}: no such file"),
             (self.precision not in PRECISIONS,
              f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
@@ -115,13 +127,30 @@ class GridRequest:
         for flag, text in (("--noise", self.noise), ("--long-tail", self.long_tail)):
             if text is not None and not all(part.strip() for part in text.split(",")):
                 raise BenchmarkError(f"{flag} {text!r}: an empty item in the list")
+        if self.protocol_file:
+            self._use_protocol_file()
         for protocol in self.protocols():  # parses (and so validates) every protocol value
             _check_finite(protocol)
         self.check_registered()
         self.method_settings()  # parses (and so validates) --hparams and --config
         check_device(self.device)
-        if self.backbone_weights:  # unreadable, unsafe or mismatched: refused before any run
-            check_backbone_weights(self.backbone, self.backbone_weights)
+        check_pretrained(self.backbone, self.backbone_weights)  # random init only when said
+        if self.backbone_weights and self.backbone_weights != NO_WEIGHTS:
+            check_backbone_weights(self.backbone, self.backbone_weights)  # unreadable, unsafe, mismatched
+
+    def _use_protocol_file(self) -> None:
+        """The file's seed becomes the grid's; protocol flags beside a file are refused."""
+        from .splitfile import read
+        seed = read(self.protocol_file)["seed"]
+        flags = [flag for flag, given in (
+            ("--noise", self.noise), ("--long-tail", self.long_tail), ("--val-frac", self.val_frac),
+            ("--unseen-classes", any(self.unseen_classes)), ("--resolution", self.resolution != [1]),
+            ("--resolution-db", self.resolution_db != 1), ("--seeds", self.seeds not in ([0], [seed])))
+            if given]
+        if flags:
+            raise BenchmarkError(f"--protocol-file {self.protocol_file} sets the protocol and seed "
+                                 f"({seed}); drop {', '.join(flags)}")
+        self.seeds = [seed]
 
     def check_registered(self) -> None:
         """The dataset and backbone are registered (built-in or by a plugin)."""
@@ -141,7 +170,12 @@ def _check_finite(protocol: Protocol) -> None:
     noise = protocol.noise_kind_rate
     values = {"--noise": noise[1] if noise else 0.0, "--long-tail": protocol.rho or 1.0,
               "--resolution": protocol.resolution, "--resolution-db": protocol.resolution_db,
-              "--val-frac": protocol.val_frac}
+              "--val-frac": protocol.val_frac, "--unseen-classes": protocol.unseen_classes}
     for flag, value in values.items():
         if not math.isfinite(value):
             raise BenchmarkError(f"{flag}: {value} is not a finite number")
+
+
+def _unseen_settings(fractions: list[float]) -> list[tuple]:
+    """(fraction, setting) pairs: the four settings of each positive fraction, (0, None) for 0."""
+    return [(f, setting) for f in fractions for setting in (SETTINGS if f > 0 else (None,))]

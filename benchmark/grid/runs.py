@@ -13,6 +13,7 @@ of the identity: a GPU and the CPU compute the same run up to floating-point rou
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -22,11 +23,12 @@ from registry.loading import MethodEntry
 from registry.names import check_name
 
 from ..errors import BenchmarkError
-from ..features.backbones import file_sha256
+from ..features.backbones import weights_spec
 from ..method import HashMethod
 from .config import MethodSettings, resolve, variant_class
 from .digest import code_digest
 from .request import GridRequest
+from .splitfile import check_dataset
 
 #: bumped when the harness changes what a run computes (training loop, encoding,
 #: evaluation); part of every run id
@@ -108,12 +110,25 @@ def method_spec(entry, resolved) -> dict:
     return spec
 
 
+def regime_settings(settings: MethodSettings, cls, name: str, regime: str) -> MethodSettings:
+    """``settings`` with the method's defaults for ``regime`` (``HashMethod.regime_hparams``)
+    under the values the user set."""
+    defaults = (getattr(cls, "regime_hparams", None) or {}).get(regime)
+    if not defaults:
+        return settings
+    hparams = {**settings.hparams, name: {**defaults, **settings.hparams.get(name, {})}}
+    return dataclasses.replace(settings, hparams=hparams)
+
+
 def expand(request: GridRequest, entries, dataset, settings: MethodSettings | None = None) -> list[tuple]:
     """(entry, spec, run id) for every method x protocol x bits x seed of the request."""
     settings = settings or request.method_settings()
+    if request.protocol_file:  # a split file made for other data: refused before any run
+        check_dataset(request.protocol_file, dataset)
     grid = []
     for entry in entries:
-        method = method_spec(entry, resolve(entry.cls, entry.name, settings))
+        own = regime_settings(settings, entry.cls, entry.name, request.regime)
+        method = method_spec(entry, resolve(entry.cls, entry.name, own))
         if settings.tuning:
             method["tuning"] = settings.tuning
         for protocol in request.protocols():
@@ -123,8 +138,8 @@ def expand(request: GridRequest, entries, dataset, settings: MethodSettings | No
                             "regime": request.regime, "backbone": request.backbone,
                             "input_size": request.input_size, "protocol": protocol.spec(),
                             "bits": bits, "seed": seed}
-                    if request.backbone_weights:
-                        spec["backbone_weights"] = file_sha256(request.backbone_weights)[:16]
+                    if request.backbone_weights:  # a checkpoint's hash, or "random init"
+                        spec["backbone_weights"] = weights_spec(request.backbone_weights)
                     if request.regime == "finetune":  # bf16/fp16 change the numbers by design
                         spec["precision"] = request.precision
                     if request.on_bad_image != "fail":  # absent at the default: ids unchanged

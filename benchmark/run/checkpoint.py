@@ -127,17 +127,18 @@ class Checkpoint:
         """What the run trains (method, backbone) and its validation selection, if any."""
         self.modules, self.selection = list(modules), selection
 
-    def save(self, epochs_done: int, loop: dict, force: bool = False) -> bool:
+    def save(self, epochs_done: int, loop: dict) -> bool:
         """Write the state after ``epochs_done`` epochs (``loop``: optimizers, scaler,
         generator, history); False when skipped (younger than ``every_s``)."""
-        if not force and time.monotonic() - self._last < self.every_s:
+        if time.monotonic() - self._last < self.every_s:
             return False
         state = {"tag": self.tag, "epochs_done": epochs_done, "rng": rng_states(),
                  "modules": [module_state(m) for m in self.modules],
                  "optimizers": [o.state_dict() for o in loop["optimizers"]],
                  "scaler": loop["scaler"].state_dict() if loop.get("scaler") else None,
                  "generator": loop["generator"].get_state(), "history": list(loop["history"]),
-                 "selection": self.selection.state_dict() if self.selection else None}
+                 "selection": self.selection.state_dict() if self.selection else None,
+                 "schedule": loop["schedule"].state_dict() if loop.get("schedule") else None}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as handle:
@@ -175,6 +176,8 @@ class Checkpoint:
             optimizer.load_state_dict(saved)
         if loop.get("scaler") and state["scaler"]:
             loop["scaler"].load_state_dict(state["scaler"])
+        if loop.get("schedule") and state.get("schedule"):  # the lr schedulers' steps
+            loop["schedule"].load_state_dict(state["schedule"])
         loop["generator"].set_state(state["generator"])
         loop["history"][:] = state["history"]
         if self.selection and state["selection"]:

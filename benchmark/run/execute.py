@@ -19,6 +19,7 @@ from ..eval.machine import hardware_id, versions
 from ..eval.metrics import evaluate_retrieval, map_real_valued, save_pr_curve
 from ..eval.profiling import profile_run
 from ..eval.reid import evaluate_reid
+from ..grid import splitfile
 from . import checkpoint as checkpoints
 from .device import device_label, resolve_device
 from .folders import partial_folder
@@ -93,25 +94,65 @@ def execute(entry, spec, run_id, dataset, context) -> dict:
     return record
 
 
+def split_for(spec: dict, context):
+    """The run's materialised protocol: from its split file (``grid.splitfile``) or drawn."""
+    if spec["protocol"].get("split_file"):
+        return splitfile.split_of(context.request.protocol_file)
+    return context.split(spec["protocol"], spec["seed"])
+
+
+def _train_once(entry, spec, checkpoint_id: str, split, dataset, context, log: RunLog,
+                epochs=None, encode=True) -> tuple[dict, object]:
+    """(run_method's result, input source) of one training on ``split``."""
+    seed_everything(spec["seed"])
+    source = inputs_for(entry, spec, split, dataset, context)
+    checkpoint = checkpoints.for_run(context.request.out, checkpoint_id, spec["regime"],
+                                     source.device, context.log)
+    result = run_method(entry.cls, spec["hparams"], source, dataset.labels, dataset.num_classes,
+                        spec["bits"], spec["seed"], epochs=epochs, epoch_log=log.epoch,
+                        checkpoint=checkpoint, train=spec.get("train"), encode=encode)
+    if checkpoint.resumed_from is not None:
+        result["resumed_after_epoch"] = checkpoint.resumed_from
+    return result, source
+
+
+def reported_run(entry, spec, run_id, split, dataset, context, log: RunLog) -> tuple:
+    """(result, input source, split) of the run a record reports. With a validation split
+    (``val_rule = "retrain"``, README "Protocols") a trainable method is first trained on
+    the train part with every epoch scored on validation; then a fresh model (same seed) is
+    trained on the full training split (train + validation) for the selected number of
+    epochs, so the reported database is the full training split. Closed-form methods fit
+    the full training split."""
+    chosen = None
+    if len(split.val_index):
+        if entry.cls.trainable:
+            log.facts("phase", "selection: train part, every epoch scored on validation")
+            chosen = _train_once(entry, spec, run_id, split, dataset, context, log,
+                                 encode=False)[0]["selection"]
+            log.facts("phase", f"retrain: full training split, {chosen['epoch']} epochs")
+        split = split.full_training()
+    retrain_id = run_id if chosen is None else f"{run_id}-retrain"
+    result, source = _train_once(entry, spec, retrain_id, split, dataset, context, log,
+                                 epochs=chosen and chosen["epoch"])
+    if chosen is not None:
+        result["selection"] = {**chosen, "rule": "best_val_map_then_retrain"}
+        if not context.request.keep_checkpoints:  # the retrain is done: nothing to resume
+            checkpoints.discard(context.request.out, retrain_id)
+    return result, source, split
+
+
 def _execute(entry, spec, run_id, dataset, context, log: RunLog) -> dict:
     started = time.time()
     record = new_record(entry, spec, run_id)
     folder = partial_folder(context.request.out, run_id)  # published once the row is stored
     try:
-        split = context.split(spec["protocol"], spec["seed"])
+        split = split_for(spec, context)
         record["protocol"] = dict(spec["protocol"], materialised=split.facts)
-        seed_everything(spec["seed"])
-        source = inputs_for(entry, spec, split, dataset, context)
+        result, source, split = reported_run(entry, spec, run_id, split, dataset, context, log)
         record["provenance"]["device"] = device_label(source.device)
-        checkpoint = checkpoints.for_run(context.request.out, run_id, spec["regime"], source.device,
-                                         context.log)
-        result = run_method(entry.cls, spec["hparams"], source, dataset.labels, dataset.num_classes,
-                            spec["bits"], spec["seed"], epoch_log=log.epoch,
-                            checkpoint=checkpoint, train=spec.get("train"))
-        if checkpoint.resumed_from is not None:
-            record["provenance"]["resumed_after_epoch"] = checkpoint.resumed_from
-        if "train_images_per_s" in result:
-            record["provenance"]["train_images_per_s"] = result["train_images_per_s"]
+        for key in ("resumed_after_epoch", "train_images_per_s", "lr"):
+            if key in result:
+                record["provenance"][key] = result[key]
         log.facts("selection", result["selection"])
         codes = result["codes"]
         record["metrics"], pr = evaluate(dataset, split, codes)

@@ -32,8 +32,9 @@ class RunLog:
     def epoch(self, facts: dict) -> None:
         """``loop.train``'s ``epoch_log``: mean summed loss, each component, seconds."""
         parts = ", ".join(f"{k} {_number(v)}" for k, v in facts["components"].items())
+        lr = "/".join(_number(v) for v in facts.get("lr") or [])  # each optimiser's
         self.lines.append(f"epoch {facts['epoch']}: loss {_number(facts['loss'])}"
-                          f" ({parts}) in {facts['seconds']:.3f} s")
+                          f" ({parts}) in {facts['seconds']:.3f} s" + (f", lr {lr}" if lr else ""))
 
     def warning(self, message: str) -> None:
         self.warnings[" ".join(str(message).split())] += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import time
 from dataclasses import dataclass
 
@@ -22,11 +23,14 @@ import torch
 from ..errors import BenchmarkError
 from ..method import HashMethod
 from .device import Amp
+from .schedule import Schedule
 
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
+    # cuBLAS is deterministic only with a fixed workspace (read when CUDA first uses it)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
@@ -167,9 +171,10 @@ def _step(method, batch: dict, optimizers: list, epoch: int, amp: Amp) -> tuple[
 
 
 def _run_epoch(method, data, generator, epoch: int, positions, optimizers, amp: Amp,
-               device) -> tuple[list, int]:
+               device, plan: Schedule | None = None) -> tuple[list, int]:
     """One pass over the epoch's batches, each made (the finetune backbone's forward) and
-    scored under autocast and moved to the method's device; (steps, images seen)."""
+    scored under autocast and moved to the method's device, the schedule's warm-up stepped
+    after each optimiser step; (steps, images seen)."""
     steps, images, batches = [], 0, iter(data.batches(generator, epoch, positions))
     while True:
         with amp.autocast():
@@ -178,22 +183,27 @@ def _run_epoch(method, data, generator, epoch: int, positions, optimizers, amp: 
             return steps, images
         images += len(batch["indices"])
         steps.append(_step(method, _visible(method, to_device(batch, device)), optimizers, epoch, amp))
+        if plan:
+            plan.after_step()
 
 
-def _epoch_facts(epoch: int, steps: list[tuple], seconds: float) -> dict:
+def _epoch_facts(epoch: int, steps: list[tuple], seconds: float, lrs: list[float]) -> dict:
     """What ``epoch_log`` receives: the epoch (1-based), its mean summed loss, the mean of
-    each loss component over its batches, and the epoch's wall seconds."""
+    each loss component over its batches, the epoch's wall seconds and the lr of each
+    optimiser (the method's first) at the epoch's first step."""
     names = sorted({k for _, parts in steps for k in parts})
     return {"epoch": epoch + 1, "loss": sum(t for t, _ in steps) / max(len(steps), 1),
             "components": {k: sum(p[k] for _, p in steps if k in p) / max(len(steps), 1)
                            for k in names},
-            "seconds": seconds}
+            "seconds": seconds, "lr": lrs}
 
 
 def train(method: HashMethod, data, epochs: int, seed: int, optimizer_config: dict,
           progress=None, after_epoch=None, epoch_log=None, checkpoint=None,
-          stats: dict | None = None) -> list[float]:
+          stats: dict | None = None, schedule: tuple | None = None) -> list[float]:
     """Minimise the summed loss dict over ``data``'s batches; return each epoch's mean loss.
+    ``schedule`` = (text, configured epochs): the lr schedule of every optimiser
+    (:mod:`benchmark.run.schedule`; ``stats["lr"]`` then gets the method's lr per epoch);
     ``after_epoch(epoch)`` runs after each epoch (validation-based model selection);
     ``epoch_log(facts)`` gets each epoch's loss components and time (:func:`_epoch_facts`);
     ``checkpoint`` (a :class:`benchmark.run.checkpoint.Checkpoint`) resumes from a saved
@@ -205,7 +215,9 @@ def train(method: HashMethod, data, epochs: int, seed: int, optimizer_config: di
     history = []
     device = module_device(method)
     amp = getattr(data, "amp", None) or Amp(device)
-    state = {"optimizers": optimizers, "scaler": amp.scaler, "generator": generator, "history": history}
+    plan = Schedule(schedule[0], schedule[1], optimizers) if schedule else None
+    state = {"optimizers": optimizers, "scaler": amp.scaler, "generator": generator,
+             "history": history, "schedule": plan}
     start, images, seconds = checkpoint.resume(state) if checkpoint else 0, 0, 0.0
     for epoch in range(start, epochs):
         positions = epoch_positions(method, epoch, len(data), generator)
@@ -215,12 +227,16 @@ def train(method: HashMethod, data, epochs: int, seed: int, optimizer_config: di
                 method.on_epoch_start(epoch, method_view(method, epoch_data(data, device)))
         data.train_mode()
         method.train()
-        tick = time.perf_counter()
-        steps, seen = _run_epoch(method, data, generator, epoch, positions, optimizers, amp, device)
+        tick, lrs = time.perf_counter(), [float(o.param_groups[0]["lr"]) for o in optimizers]
+        steps, seen = _run_epoch(method, data, generator, epoch, positions, optimizers, amp, device, plan)
         images, seconds = images + seen, seconds + time.perf_counter() - tick
         history.append(sum(total for total, _ in steps) / max(len(steps), 1))
+        if plan:
+            plan.after_epoch()
+            if stats is not None:
+                stats.setdefault("lr", []).append(lrs[0])
         if epoch_log:
-            epoch_log(_epoch_facts(epoch, steps, time.perf_counter() - tick))
+            epoch_log(_epoch_facts(epoch, steps, time.perf_counter() - tick, lrs))
         if after_epoch:
             after_epoch(epoch)
         if checkpoint:

@@ -4,7 +4,10 @@ The harness owns every step a method could tilt: which samples it sees (train sp
 labels after the protocol), the seed, the batch order, validation selection, the encode
 path and the binarisation. With a validation split, the epoch with the best validation
 mAP (validation images as queries against the training images, training labels) is kept;
-otherwise the last. The regime only decides where inputs come from (``run.inputs``).
+otherwise the last. A reported run with a validation split is not that kept state: it is
+retrained on the full training split for the selected number of epochs
+(:func:`benchmark.run.execute.reported_run`, README "Protocols"). The regime only decides
+where inputs come from (``run.inputs``).
 
 When the database is the training split (seen at full resolution), its codes come from
 the method's ``encode_database(inputs, indices)`` where it gives them (asymmetric methods;
@@ -116,8 +119,9 @@ def _train_and_select(method, source, labels, epochs, seed, config, progress,
     select = BestOnValidation(method, source, labels) if len(source.split.val_index) else None
     if checkpoint:
         checkpoint.attach([method, *source.modules()], select)
+    schedule = (config["schedule"], int(config.get("epochs", 1))) if config.get("schedule") else None
     history = train(method, data, epochs, seed, config["optimizer"], progress, select, epoch_log,
-                    checkpoint, stats)
+                    checkpoint, stats, schedule)
     selection = select.restore() if select else {"rule": "last_epoch"}
     method.eval()
     with torch.no_grad():
@@ -127,11 +131,13 @@ def _train_and_select(method, source, labels, epochs, seed, config, progress,
 
 def run_method(method_cls, hparams: dict, source, labels: np.ndarray, num_classes: int,
                bits: int, seed: int, epochs: int | None = None, progress=None,
-               epoch_log=None, checkpoint=None, train: dict | None = None) -> dict:
+               epoch_log=None, checkpoint=None, train: dict | None = None,
+               encode: bool = True) -> dict:
     """Train and encode one method; ``source`` is a ``FrozenInputs`` or ``FinetuneInputs``
     of the run's split, ``labels`` the dataset's clean labels (evaluation only);
     ``train`` the run's effective training config (the spec's; default the class's
-    ``train_config``), ``epochs`` an override of its epochs;
+    ``train_config``; its ``schedule`` spans its epochs), ``epochs`` an override of its
+    epochs; ``encode=False``: train and select only (no codes);
     ``epoch_log`` receives each epoch's loss components and time (``loop.train``);
     ``checkpoint`` resumes and saves training (``run.checkpoint``)."""
     seed_everything(seed)
@@ -151,13 +157,15 @@ def run_method(method_cls, hparams: dict, source, labels: np.ndarray, num_classe
         with torch.no_grad():
             method.fit({k: v.to(device) for k, v in inputs.items()},
                        given[kept].to(device) if method_cls.supervised else None)
+    trained = {"history": [round(v, 6) if math.isfinite(v) else None for v in history],
+               "epochs": epochs if method_cls.trainable else 0, "selection": selection, **stats}
+    if not encode:
+        return trained
     before = state_digest(method)
     codes, real, asymmetric = encode_roles(method, source, labels)
     check_unchanged(method, before)
     return {"method": method.cpu(), "input_shapes": shapes, "codes": codes, "real": real,
-            "history": [round(v, 6) if math.isfinite(v) else None for v in history],
-            "epochs": epochs if method_cls.trainable else 0, "selection": selection,
-            "skipped_images": source.skipped(), "asymmetric": asymmetric, **stats}
+            "skipped_images": source.skipped(), "asymmetric": asymmetric, **trained}
 
 
 def encode_roles(method, source, labels: np.ndarray) -> tuple[dict, dict | None, bool]:
