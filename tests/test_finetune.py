@@ -76,7 +76,7 @@ def test_finetune_cli_run_is_recorded(tmp_path):
     out = tmp_path / "ft"
     result = run_cli("run", "--methods", "dsh", "--dataset", "synthetic-fg", "--input-size", "32",
                      "--epochs", "1", "--bits", "8", "--regime", "finetune", "--backbone", "resnet18",
-                     "--max-classes", "4",
+                     "--backbone-weights", "none", "--max-classes", "4",
                      "--out", out, "--no-progress")
     assert result.returncode == 0, result.stderr
     with sqlite3.connect(out / "results.sqlite") as db:
