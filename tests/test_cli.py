@@ -71,11 +71,12 @@ def test_default_grid_lists_registered_builtins_without_ablation_variants():
     assert set(names) < set(builtin) and "cmbh-b" in builtin and "cmbh-b" not in names
 
 
-def test_asking_for_a_failed_plugin_is_a_one_line_error(plugin_site, tmp_path):
-    result = run_cli("run", "--methods", "broken", *TINY, "--out", tmp_path, env=plugin_site)
-    assert result.returncode == 2
-    assert result.stderr.strip() == ("error: method 'broken': its plugin failed to load: "
-                                     "ImportError: needs a package that is not installed")
+def test_asking_for_a_failed_plugin_records_its_runs_failed(plugin_site, tmp_path):
+    result = run_cli("run", "--methods", "broken", *TINY, "--bits", "8", "--out", tmp_path,
+                     env=plugin_site)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert rows(tmp_path) == [("broken", 8, "failed", "plugin 'broken' failed to load: "
+                               "ImportError: needs a package that is not installed", "broken-plugin")]
 
 
 def test_run_skip_rerun_and_leaderboard(tmp_path, cache_dir):
