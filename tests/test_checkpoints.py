@@ -32,8 +32,8 @@ class StopAfter(Checkpoint):
         super().__init__(*args, **kwargs)
         self.stop_after = stop_after
 
-    def save(self, epochs_done, loop, force=False):
-        saved = super().save(epochs_done, loop, force)
+    def save(self, epochs_done, loop):
+        saved = super().save(epochs_done, loop)
         if epochs_done == self.stop_after:
             raise Interrupted
         return saved

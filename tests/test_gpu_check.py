@@ -1,9 +1,25 @@
 """benchmarks/gpu_check.sh (the prepared GPU check) runs end to end on the CPU at a tiny
-setting: every method finetuned and recorded, a table of img/s and mAP, a leaderboard."""
+setting: every method finetuned and recorded, a table of img/s and mAP, a leaderboard. And
+what it relies on without a GPU: --device / --precision checked up front, precision (not
+the device) in the run id, autocast training, frozen data moved to the method's device."""
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import numpy as np
+import pytest
+import torch
+
+from benchmark.data import build_dataset
+from benchmark.errors import BenchmarkError
+from benchmark.grid.protocols import Protocol, materialise
+from benchmark.grid.request import GridRequest
+from benchmark.grid.runs import expand, resolve_methods
+from benchmark.run.inputs import FinetuneInputs
+from benchmark.run.loop import TrainData, epoch_data, to_device
+from benchmark.run.method_run import run_method
+from plugins.dsh import DSH
 from tests.conftest import ROOT
 
 METHODS = ("cmbh", "a2netpp", "csq", "dsh", "thesis-sld")
@@ -25,3 +41,53 @@ def test_gpu_check_script_at_a_tiny_cpu_setting(tmp_path):
         assert float(speed) > 0 and 0 < float(map_) <= 1
     index = (tmp_path / "board" / "README.md").read_text()
     assert "finetune" in index and (tmp_path / "board" / "synthetic-fg-first2.md").is_file()
+
+
+def test_device_and_precision_flags_are_checked_before_any_run(tmp_path):
+    def request(**kw):
+        return GridRequest(methods=["dsh"], dataset="synthetic-fg", out=tmp_path, **kw)
+    for bad, needle in (({"device": "tpu"}, "--device must be"),
+                        ({"device": "cuda:0"} if not torch.cuda.is_available() else
+                         {"device": f"cuda:{torch.cuda.device_count()}"}, "--device cuda"),
+                        ({"precision": "bf16"}, "is for --regime finetune"),
+                        ({"regime": "finetune", "precision": "fp8"}, "--precision must be"),
+                        ({"regime": "finetune", "workers": -1}, "--workers")):
+        with pytest.raises(BenchmarkError, match=needle):
+            request(**bad).validate()
+    request(device="cpu", regime="finetune", precision="bf16").validate()
+
+
+def test_precision_is_part_of_a_finetune_run_id_and_the_device_is_not():
+    ds = build_dataset("synthetic-fg", num_classes=2, train_per_class=2, test_per_class=1, image_size=32)
+    entries = resolve_methods(["dsh"])
+
+    def run_id(**kw):
+        (_, _, rid), = expand(GridRequest(methods=["dsh"], bits=[8], **kw), entries, ds)
+        return rid
+    assert run_id(regime="finetune", device="cpu") == run_id(regime="finetune", device="auto")
+    assert run_id(regime="finetune") != run_id(regime="finetune", precision="bf16")
+    assert run_id(regime="frozen") == run_id(regime="frozen", device="cpu")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_finetune_trains_under_autocast(precision):
+    ds = build_dataset("synthetic-fg", num_classes=2, train_per_class=4, test_per_class=2, image_size=32)
+    split = materialise(ds.labels, ds.is_train, ds.num_classes, Protocol(), seed=0)
+    spec = {"input_size": 32, "seed": 0, "backbone": "resnet18", "protocol": Protocol().spec(),
+            "precision": precision}
+    request = SimpleNamespace(backbone_weights=None, on_bad_image="fail", device="cpu", workers=0)
+    source = FinetuneInputs(DSH, split, ds, spec, request)
+    assert (source.amp.scaler is not None) == (precision == "fp16")
+    result = run_method(DSH, {}, source, ds.labels, ds.num_classes, 8, seed=0, epochs=2)
+    assert result["codes"]["db_codes"].shape == (8, 8) and all(np.isfinite(result["history"]))
+    assert result["train_images_per_s"] > 0
+
+
+def test_frozen_batches_and_epoch_data_go_to_the_method_device():
+    data = TrainData({"pooled": torch.ones(4, 3)}, torch.arange(4), 2)
+    meta = torch.device("meta")
+    moved = epoch_data(data, meta)
+    assert moved.inputs["pooled"].device == meta and moved.labels.device == meta
+    assert epoch_data(data, torch.device("cpu")) is data
+    batch = to_device(next(data.batches()), meta)
+    assert {batch["inputs"]["pooled"].device, batch["labels"].device, batch["indices"].device} == {meta}
