@@ -19,23 +19,32 @@ CHUNK = 512  # rows per read for the view's own reductions
 
 
 def read_rows(array: np.memmap, rows: np.ndarray) -> np.ndarray:
-    """``array[rows]`` of a file-backed ``.npy`` memory map, read with positioned file
-    reads (one per run of consecutive rows)."""
+    """``array[rows]`` as float32, from a file-backed ``.npy`` memory map: positioned
+    reads (one per run of consecutive rows, in file order) straight into one buffer, then
+    one conversion into the rows' order. Two allocations per call however scattered the
+    rows are (an array per run fragmented the C heap: resident memory grew with the reads)."""
     row_shape = tuple(array.shape[1:])
-    per_row = math.prod(row_shape)
-    out = np.empty((len(rows),) + row_shape, dtype=array.dtype)
+    row_bytes = math.prod(row_shape) * array.dtype.itemsize
+    out = np.empty((len(rows),) + row_shape, dtype=np.float32)
     if not len(rows):
         return out
     if rows.min() < 0 or rows.max() >= len(array):
         raise IndexError(f"rows outside 0..{len(array) - 1} of {array.filename}")
     order = np.argsort(rows, kind="stable")
     ordered = rows[order]
-    runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(ordered) != 1) + 1)
-    with open(array.filename, "rb") as f:
-        for run in runs:
-            f.seek(array.offset + int(ordered[run[0]]) * per_row * array.dtype.itemsize)
-            values = np.fromfile(f, dtype=array.dtype, count=len(run) * per_row)
-            out[order[run]] = values.reshape((len(run),) + row_shape)
+    packed = np.empty((len(rows),) + row_shape, dtype=array.dtype)
+    view = memoryview(packed.reshape(-1).view(np.uint8))
+    starts = np.flatnonzero(np.diff(ordered, prepend=-2) != 1)
+    with open(array.filename, "rb", buffering=0) as f:
+        for first, stop in zip(starts, [*starts[1:], len(rows)]):
+            f.seek(array.offset + int(ordered[first]) * row_bytes)
+            done, want = first * row_bytes, stop * row_bytes
+            while done < want:
+                got = f.readinto(view[done:want])
+                if not got:
+                    raise OSError(f"{array.filename}: file ends before row {ordered[stop - 1]}")
+                done += got
+    out[order] = packed
     return out
 
 
@@ -43,7 +52,7 @@ def take(array, rows: np.ndarray) -> torch.Tensor:
     """float32 rows of a cached array: a file-backed memory map (positioned reads), an
     in-memory array or a tensor."""
     if isinstance(array, np.memmap) and getattr(array, "filename", None):
-        return torch.from_numpy(read_rows(array, rows).astype(np.float32))
+        return torch.from_numpy(read_rows(array, rows))
     if torch.is_tensor(array):
         return array[torch.as_tensor(rows)].float()
     return torch.from_numpy(np.asarray(array[rows], dtype=np.float32))
