@@ -119,9 +119,13 @@ def test_index_states_the_protocol_of_each_table():
     for row in ("| dataset | toy (data fingerprint 0123456789abcdef) |", "| regime | frozen |",
                 "| backbone | efficientnet_lite0 at 64 px |", "| protocol | clean |",
                 "| seeds | 0, 1 |", "| bits | 12, 24 |", "| epochs | dsh 3, lsh fit |",
+                "| degenerate runs | 0 |",
                 "| hardware (latency columns) | Toy CPU x2 |"):
         assert row in index, row
-    assert "**PARTIAL**, 8 of the 24 runs" in index
+    from benchmark.grid.defaults import DEFAULT_GRID
+    wanted = 2 * len(DEFAULT_GRID["bits"]) * len(DEFAULT_GRID["seeds"])
+    assert f"**PARTIAL**, 8 of the {wanted} runs" in index
+    assert "| failed runs | 1; dsh 32b seed 0: RuntimeError: boom |" in index
 
 
 def test_paper_rows_are_separate_and_cited():

@@ -218,9 +218,15 @@ def timing_note(records: list[dict]) -> str:
                  if "load_average" in (r.get("provenance") or {})]
         how = ("at the end of each run, in that run's process" + (
             f" (1-minute load average {min(loads):.1f} to {max(loads):.1f})" if loads else ""))
+    random = any(e.get("search_codes") == "random" for e in effs)
     return (f"Parameters and MACs: inference path (backbone + what `encode` uses); "
             f"timings measured on {escape(machines[0])} {how}; search over the database split "
-            f"({', '.join(f'{n:,}' for n in searched) or '?'} codes).")
+            f"({', '.join(f'{n:,}' for n in searched) or '?'} codes)"
+            + ("; the 1M column over 1,000,000 codes (each run's codes replicated)" if any(
+                "search_1m_latency_ms" in e for e in effs) else "")
+            + (". Searches of rows whose records came without `codes.npz` ran over random "
+               "codes of the run's length and database size (an exhaustive scan's cost does not "
+               "depend on the code values)" if random else "") + ".")
 
 
 INTRO = ("Headline: tie-aware mAP@all in % (expected AP when items at equal Hamming distance "
