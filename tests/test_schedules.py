@@ -13,28 +13,13 @@ from benchmark.errors import BenchmarkError
 from benchmark.grid.config import MethodSettings, resolve
 from benchmark.grid.protocols import Protocol, materialise
 from benchmark.grid.runs import regime_settings
-from benchmark.method import HashMethod
 from benchmark.run.checkpoint import Checkpoint
 from benchmark.run.inputs import FinetuneInputs
 from benchmark.run.loop import TrainData, train
 from benchmark.run.method_run import run_method
 from benchmark.run.schedule import canonical
 from registry import load_plugins
-
-
-class Linear(HashMethod):
-    name = "linear-probe"
-    train_config = {"epochs": 5, "batch_size": 4, "optimizer": {"type": "SGD", "lr": 0.1}}
-
-    def __init__(self, bits, num_classes, input_shapes):
-        super().__init__(bits, num_classes, input_shapes)
-        self.proj = torch.nn.Linear(input_shapes["pooled"][0], bits)
-
-    def encode(self, inputs):
-        return self.proj(inputs["pooled"])
-
-    def loss(self, batch):
-        return {"l2": (self.encode(batch["inputs"]) - 1).pow(2).mean()}
+from tests.test_conformance import Linear  # a well-behaved trainable method
 
 
 class WithBackbone(TrainData):
@@ -61,7 +46,7 @@ EXPECTED = [0.04, 0.08, 0.05, 0.05, 0.025]
 def test_frozen_epochs_follow_the_hand_computed_schedule_on_every_optimiser():
     method, logged = Linear(8, 2, {"pooled": (6,)}), []
     stats = {}
-    train(method, data(), 5, 0, Linear.train_config["optimizer"], epoch_log=logged.append,
+    train(method, data(), 5, 0, {"type": "SGD", "lr": 0.1}, epoch_log=logged.append,
           stats=stats, schedule=("step:2:0.5+warmup:3:0.4", 5))
     assert [f["lr"][0] for f in logged] == pytest.approx(EXPECTED)
     assert [f["lr"][1] for f in logged] == pytest.approx([v / 10 for v in EXPECTED])  # the backbone's

@@ -7,11 +7,11 @@ import sqlite3
 import numpy as np
 import pytest
 
+from benchmark.cli import main
 from benchmark.errors import BenchmarkError
 from benchmark.grid.protocols import Protocol, materialise, protocol_label
 from benchmark.grid.request import GridRequest
 from benchmark.grid.unseen import SETTINGS, choose_unseen
-from tests.conftest import run_cli
 
 # 5 classes; per class 4 training images then 2 test images: image i has class i // 6
 C, TRAIN, TEST = 5, 4, 2
@@ -104,10 +104,9 @@ def test_spec_label_and_grid():
 
 def test_synthetic_fg_run_gives_one_record_per_setting(tmp_path, cache_dir):
     out = tmp_path / "unseen"
-    result = run_cli("run", "--methods", "lsh", "--dataset", "synthetic-fg", "--input-size", "32",
-                     "--bits", "8", "--unseen-classes", "0.25", "--cache-dir", cache_dir,
-                     "--out", out, "--no-progress")
-    assert result.returncode == 0, result.stderr
+    assert main(["run", "--methods", "lsh", "--dataset", "synthetic-fg", "--input-size", "32",
+                 "--bits", "8", "--unseen-classes", "0.25", "--cache-dir", str(cache_dir),
+                 "--out", str(out), "--no-progress"]) == 0
     with sqlite3.connect(out / "results.sqlite") as db:
         rows = [(r[0], json.loads(r[1])) for r in db.execute("SELECT run_id, protocol FROM runs")]
     assert sorted(p["unseen_eval"] for _, p in rows) == sorted(SETTINGS)
