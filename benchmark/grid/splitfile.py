@@ -135,6 +135,8 @@ def add_parser(sub) -> None:
     protocol.add_argument("--noise", default=None, metavar="KIND:R")
     protocol.add_argument("--long-tail", default=None, metavar="exp:RHO")
     protocol.add_argument("--val-frac", type=float, default=0.0)
+    protocol.add_argument("--resolution", type=float, default=1, metavar="S")
+    protocol.add_argument("--resolution-db", type=float, default=1, metavar="S")
     protocol.add_argument("--unseen-classes", type=float, default=0.0, metavar="F")
     protocol.add_argument("--unseen-eval", default=None, choices=SETTINGS,
                           help="the one unseen-class setting the file holds")
@@ -143,12 +145,10 @@ def add_parser(sub) -> None:
 
 def command(args) -> int:
     from ..data import build_dataset
-    try:
-        chosen = Protocol(noise=args.noise, long_tail=args.long_tail, val_frac=args.val_frac,
-                          unseen_classes=args.unseen_classes, unseen_eval=args.unseen_eval)
-        chosen.spec()  # parses noise and long tail
-    except ValueError as exc:
-        raise BenchmarkError(str(exc)) from None
+    chosen = Protocol(noise=args.noise, long_tail=args.long_tail, val_frac=args.val_frac,
+                      unseen_classes=args.unseen_classes, unseen_eval=args.unseen_eval,
+                      resolution=args.resolution, resolution_db=args.resolution_db)
+    chosen.spec()  # parses noise and long tail: one line for a bad value
     dataset = build_dataset(args.dataset, data_root=args.data_root)
     if args.max_classes and args.max_classes < dataset.num_classes:
         dataset = dataset.subset(dataset.labels < args.max_classes, f"-first{args.max_classes}")
