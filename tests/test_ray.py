@@ -21,27 +21,13 @@ from tests.conftest import ROOT, make_plugin_dist
 PLUGIN = """
 import os, time
 from pathlib import Path
-import torch
-from benchmark.method import HashMethod
+from plugins.dsh import DSH
 from registry import hookimpl
 
 FLAGS = Path(os.environ["FGHB_RAY_TEST_FLAGS"])
 
 
-class Head(HashMethod):
-    name = "ray-head"
-    train_config = {"epochs": 1, "batch_size": 64, "optimizer": {"type": "SGD", "lr": 0.01}}
-    def __init__(self, bits, num_classes, input_shapes):
-        super().__init__(bits, num_classes, input_shapes)
-        self.head = torch.nn.Linear(input_shapes["pooled"][0], bits)
-    def encode(self, inputs):
-        return self.head(inputs["pooled"])
-    def loss(self, batch):
-        h = torch.tanh(self.encode(batch["inputs"]))
-        return {"quantisation": (h.abs() - 1).pow(2).mean()}
-
-
-class Killable(Head):
+class Killable(DSH):
     name = "ray-killable"
     def loss(self, batch):
         pid = FLAGS / "worker.pid"
@@ -52,13 +38,13 @@ class Killable(Head):
         return super().loss(batch)
 
 
-class Exploding(Head):
+class Exploding(DSH):
     name = "ray-exploding"
     def loss(self, batch):
         raise RuntimeError("boom in a plugin")
 
 
-class Blocking(Head):
+class Blocking(DSH):
     name = "ray-blocking"
     def loss(self, batch):
         while self.bits != 8 and not (FLAGS / "release").exists():
