@@ -179,3 +179,22 @@ def test_cells_have_t_intervals_bold_best_welch_ties_and_degenerate_marks():
     assert "20.00 (n=1)" in row["e"]
     page = exports.build(records + broken + [short])["toy.md"].decode()
     assert "| d | 12 | 0 | clean | ok, degenerate | degenerate: codes collapsed |" in page
+
+
+def test_asymmetric_rows_are_marked_and_explained():
+    from benchmark.report.tables import ASYMMETRIC_MARK, render_table
+    import copy
+    base = {"run_id": "a1", "method": "adsh", "dataset": "toy", "bits": 12, "seed": 0,
+            "status": "ok", "distribution": "fghashbench", "version": "0.1.0",
+            "spec": {"regime": "frozen", "backbone": "efficientnet_lite0", "input_size": 64,
+                     "protocol": {"noise": None, "long_tail": None, "resolution": 1,
+                                  "resolution_db": 1, "val_frac": 0}, "hparams": {}},
+            "metrics": {"map": 0.5, "map_tie_aware": 0.5}, "efficiency": {},
+            "provenance": {"hardware": "cpu", "asymmetric": True}}
+    other = copy.deepcopy(base)
+    other.update(run_id="b1", method="dsh", provenance={"hardware": "cpu"})
+    text = render_table([base, other])
+    rows = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| clean")}
+    assert rows["adsh " + ASYMMETRIC_MARK] and "dsh" in rows
+    assert f"{ASYMMETRIC_MARK}: asymmetric" in text
+    assert ASYMMETRIC_MARK not in render_table([other])

@@ -28,7 +28,7 @@ from .setup_table import render_setup
 from .stats import ALPHA, mean_halfwidth, tied_with_best
 
 MISSING = "-"
-TIE_MARK, DEGENERATE_MARK = "≈", "†"
+TIE_MARK, DEGENERATE_MARK, ASYMMETRIC_MARK = "≈", "†", "‡"
 
 # efficiency columns after params and MACs: (record key, header, format); timings are
 # shown only when every row of a table was measured on the same machine
@@ -147,6 +147,10 @@ def hardware_of(record: dict) -> str:
     return profile.get("hardware") or (record.get("provenance") or {}).get("hardware") or "?"
 
 
+def is_asymmetric(record: dict) -> bool:
+    return bool((record.get("provenance") or {}).get("asymmetric"))
+
+
 def machines_of(records: list[dict]) -> list[str]:
     return sorted({hardware_of(r) for r in records})
 
@@ -171,7 +175,9 @@ def render_table(records: list[dict]) -> str:
         group = df[(df["protocol"] == protocol) & (df["row"] == row)]
         eff = _top_efficiency(group, bits[-1])
         degenerate = bool(group["degenerate"].any())
-        line = [escape(protocol), escape(row) + (f" {DEGENERATE_MARK}" if degenerate else "")]
+        marks = (f" {ASYMMETRIC_MARK}" if any(map(is_asymmetric, group["record"])) else "") \
+            + (f" {DEGENERATE_MARK}" if degenerate else "")
+        line = [escape(protocol), escape(row) + marks]
         line += [format_cell(cells.get((protocol, row, b)), seeds) for b in bits]
         line += [f"{eff['params'] / 1e6:.3f}" if eff and "params" in eff else MISSING,
                  f"{eff['macs'] / 1e9:.3f}" if eff and "macs" in eff else MISSING]
@@ -192,6 +198,10 @@ def footnote(records: list[dict], df: pd.DataFrame, seeds: int) -> str:
              f"**Bold**: the best mean of its protocol and column; {TIE_MARK}: not "
              f"significantly worse than it (Welch's two-sided t-test on the seeds, p ≥ {ALPHA}; "
              f"needs 2+ seeds on both sides)."]
+    if any(map(is_asymmetric, records)):
+        parts.append(f"{ASYMMETRIC_MARK}: asymmetric: the database codes are the method's own "
+                     "learned codes of the training images (``encode_database``), queries are "
+                     "encoded by its network.")
     if df["degenerate"].any():
         parts.append(f"{DEGENERATE_MARK}: a degenerate run (its record's health flag: "
                      "collapsed codes or a loss that never fell); never bold or marked, "
