@@ -90,6 +90,17 @@ class TaskContext:
         print(message)
 
 
+PATH_FIELDS = ("data_root", "cache_dir", "backbone_weights", "config", "protocol_file")
+
+
+def absolute(request):
+    """The request with its file and folder flags absolute (tasks run in other folders)."""
+    paths = {name: type(value)(Path(value).expanduser().resolve()) for name in PATH_FIELDS
+             if isinstance(value := getattr(request, name, None), (str, Path))
+             and Path(value).expanduser().exists()}
+    return dataclasses.replace(request, **paths)
+
+
 def prepare(todo, context) -> TaskContext:
     """Extract every feature set and materialise every protocol the runs need (driver)."""
     features, splits = {}, {}
@@ -101,7 +112,7 @@ def prepare(todo, context) -> TaskContext:
         key = split_key(spec["protocol"], spec["seed"])
         if key not in splits:
             splits[key] = _outcome(lambda: context.split(spec["protocol"], spec["seed"]))
-    return TaskContext(context.request, features, splits)
+    return TaskContext(absolute(context.request), features, splits)
 
 
 @ray.remote
