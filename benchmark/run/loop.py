@@ -119,18 +119,29 @@ class TrainData:
             index = order[start:start + self.batch_size]
             if len(index) < 2 and len(order) >= 2:
                 continue  # pairwise losses need two samples; keep batches well-formed
-            batch = {"inputs": {k: v[index] for k, v in self.inputs.items()}}
+            picked = choice[index] if factors else None
+            batch = {"inputs": self._rows(index, picked, factors)}
             if self.labels is not None:  # None: an unsupervised method's view
                 batch["labels"] = self.labels[index]
             batch["indices"] = index
             if factors:
-                picked = choice[index]
-                for slot, factor in enumerate(factors):
-                    rows = (picked == slot).nonzero().flatten()
-                    for k, v in self.resolution_inputs[factor].items():
-                        batch["inputs"][k][rows] = v[index[rows]]
                 batch["resolution"] = 1.0 / torch.tensor(factors, dtype=torch.float32)[picked]
             yield batch
+
+    def _rows(self, index: torch.Tensor, picked, factors: list) -> dict:
+        """A batch's inputs at positions ``index``; with ``picked`` (each sample's slot in
+        ``factors``) every sample's rows are read once, from its factor's inputs."""
+        if picked is None:
+            return {k: v[index] for k, v in self.inputs.items()}
+        mixed = {}
+        for slot, factor in enumerate(factors):
+            rows = (picked == slot).nonzero().flatten()
+            for k, v in self.resolution_inputs[factor].items():
+                part = v[index[rows]]
+                if k not in mixed:
+                    mixed[k] = part.new_empty((len(index),) + tuple(part.shape[1:]))
+                mixed[k][rows] = part
+        return {k: mixed[k] if k in mixed else v[index] for k, v in self.inputs.items()}
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

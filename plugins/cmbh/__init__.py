@@ -107,29 +107,34 @@ def locate_regions(activation: torch.Tensor, count: int = 4) -> torch.Tensor:
 def crop(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear crops of (B, C, H, W) maps: ``boxes`` (B, R, 4) in [0, 1] image fractions
     (x1, y1, x2, y2) -> (B * R, C, *size), one sample at each output cell's centre
-    (= ``torchvision.ops.roi_align(aligned=True, sampling_ratio=1)``)."""
+    (= ``torchvision.ops.roi_align(aligned=True, sampling_ratio=1)``). A sample's R crops
+    are sampled in one ``grid_sample`` call as R grids stacked along the output's height."""
     batch, regions = boxes.shape[:2]
     x1, y1, x2, y2 = (boxes.reshape(-1, 4) * 2 - 1).unbind(1)  # to grid_sample's [-1, 1]
     theta = torch.zeros(batch * regions, 2, 3, device=boxes.device)
     theta[:, 0, 0], theta[:, 0, 2] = (x2 - x1) / 2, (x1 + x2) / 2
     theta[:, 1, 1], theta[:, 1, 2] = (y2 - y1) / 2, (y1 + y2) / 2
     grid = F.affine_grid(theta, (batch * regions, maps.shape[1]) + tuple(size), align_corners=False)
-    source = maps.repeat_interleave(regions, dim=0)
-    return F.grid_sample(source, grid.to(maps.dtype), mode="bilinear", padding_mode="border",
-                         align_corners=False)
+    grid = grid.reshape(batch, regions * size[0], size[1], 2).to(maps.dtype)
+    out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.reshape(batch, maps.shape[1], regions, *size).transpose(1, 2).reshape(
+        batch * regions, maps.shape[1], *size)
 
 
 def activation_map(maps: list[torch.Tensor]) -> torch.Tensor:
     """A_i: channel mean of the stage maps resized to the last one's size (B, h, w), over
     their positive part: ResNet's stage outputs (post-ReLU) are activations already, while
-    EfficientNet's end in a linear projection whose signed channel mean is no heat map."""
+    EfficientNet's end in a linear projection whose signed channel mean is no heat map.
+    Each map's channel sum is resized (resizing is linear: the same as resizing every channel)."""
     size = maps[-1].shape[-2:]
-    resized = [F.adaptive_avg_pool2d(m.clamp(min=0), size) for m in maps]
-    return torch.cat(resized, dim=1).mean(dim=1)
+    summed = [m.clamp(min=0).sum(1, keepdim=True) for m in maps]
+    total = sum(s if s.shape[-2:] == size else F.adaptive_avg_pool2d(s, size) for s in summed)
+    return total.squeeze(1) / sum(m.shape[1] for m in maps)
 
 
 class StageEncoder(nn.Module):
-    """N_sub-j: two convolutions, global max pooling, a fully connected layer to d."""
+    """N_sub-j: two convolutions, global max pooling, a fully connected layer to d;
+    ``reduce`` is the first (1x1, no bias) convolution, ``head`` the rest."""
 
     def __init__(self, channels: int, width: int, dim: int):
         super().__init__()
@@ -138,8 +143,14 @@ class StageEncoder(nn.Module):
             nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         self.fc = nn.Linear(width, dim)
 
+    def reduce(self, x):
+        return self.convs[0](x)
+
+    def head(self, reduced):
+        return self.fc(self.convs[1:](reduced).amax(dim=(2, 3)))
+
     def forward(self, x):
-        return self.fc(self.convs(x).amax(dim=(2, 3)))
+        return self.head(self.reduce(x))
 
 
 class CMBH(HashMethod):
@@ -185,7 +196,8 @@ class CMBH(HashMethod):
     # --- training ----------------------------------------------------------------------
     @torch.no_grad()
     def on_epoch_start(self, epoch, data):
-        u = torch.cat([torch.tanh(self.encode(batch["inputs"])) for batch in data.batches()])
+        stage = STAGES[self.l]  # encode reads the hash stage only
+        u = torch.cat([torch.tanh(self.encode({stage: x})) for x in data.inputs[stage].split(256)])
         labels = data.labels
         onehot = F.one_hot(labels, self.num_classes).float()
         class_means = (onehot.T @ u) / onehot.sum(0).clamp(min=1)[:, None]
@@ -204,12 +216,13 @@ class CMBH(HashMethod):
         proxy = ((u @ proxies.T - self.bits * s_class) ** 2).mean()
         return pair, proxy
 
-    def class_vectors(self, maps, pool):
-        """Eq. 10 / 13: the class vectors y^0..y^L of one input (a dict of maps) and M^l."""
+    def class_vectors(self, reduced, pool):
+        """Eq. 10 / 13: the class vectors y^0..y^L of one input and M^l; ``reduced``
+        holds each stage's map after its N_sub-j's first convolution (``reduce_maps``)."""
         if not self.layers:
-            m = self.matching(self.sub[self.l](maps[self.l]))
+            m = self.matching(self.sub[self.l].head(reduced[self.l]))
             return [self.alpha * pool(m)], m
-        feats = [sub(x) for sub, x in zip(self.sub, maps)]
+        feats = [sub.head(x) for sub, x in zip(self.sub, reduced)]
         m = self.matching(feats[self.l])
         fused = self.matching(self.fusion(torch.cat(feats, dim=1)))
         vectors = [self.alpha * pool(fused)]
@@ -225,20 +238,30 @@ class CMBH(HashMethod):
         trans = -(teacher * F.log_softmax(student, dim=1)).sum(1).mean()
         return cls, trans
 
-    def region_maps(self, maps):
-        """Algorithm 1 boxes -> bilinear crops of every stage map at half its resolution."""
+    def reduce_maps(self, maps):
+        """Each stage map through its N_sub-j's first convolution (only the hash stage's
+        without ``layers``; None for the others)."""
+        return [sub.reduce(x) if self.layers or j == self.l else None
+                for j, (sub, x) in enumerate(zip(self.sub, maps))]
+
+    def region_maps(self, maps, reduced):
+        """Algorithm 1 boxes on the stage ``maps`` -> bilinear crops at half each stage's
+        resolution of the ``reduced`` maps: the first convolution is 1x1 without bias, so
+        cropping its output equals convolving the crops of the input."""
         activation = activation_map([m.detach() for m in maps])
         h, w = activation.shape[-2:]
         cells = locate_regions(activation, self.num_regions).float()
         scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=cells.device)
         boxes = (cells + torch.tensor([0.0, 0.0, 1.0, 1.0], device=cells.device)) / scale
-        return [crop(x, boxes, (max(x.shape[-2] // 2, 1), max(x.shape[-1] // 2, 1)))
-                for x in maps]
+        return [None if x is None else crop(x, boxes, (max(x.shape[-2] // 2, 1),
+                                                       max(x.shape[-1] // 2, 1)))
+                for x in reduced]
 
     def loss(self, batch):
         maps = [batch["inputs"][s] for s in STAGES]
         labels = batch["labels"]
-        vectors, m = self.class_vectors(maps, lambda t: t.sum(-1))
+        reduced = self.reduce_maps(maps)
+        vectors, m = self.class_vectors(reduced, lambda t: t.sum(-1))
         u = torch.tanh(self.code_logits(m))
         pair, proxy = self.hash_loss(u, labels)
         losses = {"hash_pair": pair, "hash_proxy": proxy}
@@ -248,7 +271,7 @@ class CMBH(HashMethod):
             if self.transfer:
                 losses["trans"] = trans
         if self.regions:
-            region_vectors, _ = self.class_vectors(self.region_maps(maps),
+            region_vectors, _ = self.class_vectors(self.region_maps(maps, reduced),
                                                    lambda t: t.amax(-1))
             cls, trans = self.semantic_losses(region_vectors,
                                               labels.repeat_interleave(self.num_regions))

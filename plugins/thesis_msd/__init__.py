@@ -137,10 +137,12 @@ class MultiScaleNet(nn.Module):
         self.dim = wp + (len(self.parts.queries()) * local_dim if self.parts else 0)
 
     def forward(self, inputs):
-        """Return (feature (B, dim), gates per stage, part attention or None)."""
-        g8, a8 = self.stages[0](pool_to(inputs["s8"], inputs["s16"]))
-        g16, a16 = self.stages[1](torch.cat([inputs["s16"], pool_to(g8, inputs["s16"])], 1))
-        g32, a32 = self.stages[2](torch.cat([inputs["s32"], pool_to(g16, inputs["s32"])], 1))
+        """Return (feature (B, dim), gates per stage, part attention or None). The maps go
+        through the 1x1 convolutions channels-last (the same values, faster on a CPU)."""
+        s16, s32 = channels_last(inputs["s16"]), channels_last(inputs["s32"])
+        g8, a8 = self.stages[0](channels_last(pool_to(inputs["s8"], s16)))
+        g16, a16 = self.stages[1](torch.cat([s16, pool_to(g8, s16)], 1))
+        g32, a32 = self.stages[2](torch.cat([s32, pool_to(g16, s32)], 1))
         pooled = torch.cat([inputs["pooled"], g32.mean((2, 3))], 1)[:, :, None, None]
         top, ap = self.stages[3](pooled)
         features, attention = [top.flatten(1)], None
@@ -151,9 +153,19 @@ class MultiScaleNet(nn.Module):
         return torch.cat(features, 1), gates, attention
 
 
+def channels_last(x):
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def pool_to(x, like):
-    """Average-pool ``x`` to the spatial size of ``like``."""
-    return F.adaptive_avg_pool2d(x, tuple(like.shape[2:]))
+    """Average-pool ``x`` to the spatial size of ``like`` (``x`` itself at that size; plain
+    average pooling when the sizes divide, which gives the same windows)."""
+    size, have = tuple(like.shape[2:]), tuple(x.shape[2:])
+    if have == size:
+        return x
+    if all(h % s == 0 for h, s in zip(have, size)):
+        return F.avg_pool2d(x, tuple(h // s for h, s in zip(have, size)))
+    return F.adaptive_avg_pool2d(x, size)
 
 
 class ThesisMSD(HashMethod):

@@ -1,0 +1,185 @@
+"""Stage-map methods before and after the issue #17 speed-ups, timed in one run on the same
+inputs: each method's old code (checked out of git at ``BASE`` into temporary modules at run
+time, with the harness's old feature reads and training batches) and its current code train
+and encode on the cub100 feature cache, one after the other, in this process.
+
+    OMP_NUM_THREADS=1 python benchmarks/stage_map_speed.py [--methods cmbh,thesis-ddl] \
+        [--epochs 2] [--bits 32] [--repeats 1] [--data-root DIR]
+
+Each timing is one ``run.method_run.run_method`` (construct, ``--epochs`` epochs of training
+with the method's own ``on_epoch_start``, ``on_train_end``, encoding the database and the
+queries): process CPU seconds and wall seconds, and their old/new ratios. On a shared
+machine the CPU seconds are the steadier measure. The query and database codes of both are
+compared (share of equal bits, tie-aware mAP of each): the changes are meant to move
+numbers by float rounding only, which a trained network may still amplify into some
+flipped bits. Methods with ``train_resolutions`` read the factor-1 cache at every training
+factor (the same shapes, hence the same work, as the factor-2 and -4 caches).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmark.data.images import build_dataset  # noqa: E402
+from benchmark.eval.metrics import evaluate_retrieval  # noqa: E402
+from benchmark.features import lazy  # noqa: E402
+from benchmark.features.cache import extract_features  # noqa: E402
+from benchmark.features.transforms import Transform  # noqa: E402
+from benchmark.grid.protocols import Protocol, materialise  # noqa: E402
+from benchmark.run import loop  # noqa: E402
+from benchmark.run.inputs import FrozenInputs, train_factors  # noqa: E402
+from benchmark.run.method_run import run_method  # noqa: E402
+
+BASE = "35fcf3a"  # the last commit before the speed-ups
+#: plugin modules checked out at BASE, in import order (later ones import earlier ones)
+OLD_PLUGINS = ("plugins.thesis_blocks", "plugins.thesis_sld", "plugins.thesis_msd",
+               "plugins.thesis_ddl", "plugins.cmbh", "plugins.a2net")
+CLASSES = {"cmbh": ("plugins.cmbh", "CMBH"), "thesis-ddl": ("plugins.thesis_ddl", "ThesisDDL"),
+           "thesis-msd": ("plugins.thesis_msd", "ThesisMSD"), "a2net": ("plugins.a2net", "A2Net"),
+           "a2netpp": ("plugins.a2net", "A2NetPP")}
+
+
+def module_path(name: str) -> tuple[str, bool]:
+    """(repository path, is a package) of a module name."""
+    folder = ROOT / Path(*name.split("."))
+    if (folder / "__init__.py").is_file():
+        return f"{folder.relative_to(ROOT).as_posix()}/__init__.py", True
+    return f"{folder.relative_to(ROOT).as_posix()}.py", False
+
+
+def git_show(path: str) -> str:
+    return subprocess.run(["git", "show", f"{BASE}:{path}"], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def old_module(name: str) -> types.ModuleType:
+    """Module ``name`` as of ``BASE``, executed from ``git show`` under its own name."""
+    path, is_package = module_path(name)
+    source = git_show(path)
+    module = types.ModuleType(name)
+    module.__file__ = str(ROOT / path)
+    module.__package__ = name if is_package else name.rpartition(".")[0]
+    if is_package:
+        module.__path__ = [str((ROOT / path).parent)]
+    exec(compile(source, f"{BASE}:{path}", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+@contextlib.contextmanager
+def old_code():
+    """The plugins of ``OLD_PLUGINS``, ``features.lazy.read_rows`` and
+    ``TrainData.batches`` as of ``BASE`` while the block runs."""
+    saved = {name: sys.modules.get(name) for name in OLD_PLUGINS}
+    read_rows, batches = lazy.read_rows, loop.TrainData.batches
+    try:
+        for name in OLD_PLUGINS:
+            sys.modules[name] = old_module(name)
+        lazy.read_rows = _old_function("benchmark/features/lazy.py", "benchmark.features", "read_rows")
+        loop.TrainData.batches = _old_function("benchmark/run/loop.py", "benchmark.run",
+                                               "TrainData").batches
+        yield
+    finally:
+        lazy.read_rows, loop.TrainData.batches = read_rows, batches
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def _old_function(path: str, package: str, attribute: str):
+    """``attribute`` of the harness module at ``path`` as of ``BASE`` (its relative
+    imports resolved in ``package``)."""
+    module = types.ModuleType(f"{package}._old_{Path(path).stem}")
+    module.__package__ = package
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(git_show(path), f"{BASE}:{path}", "exec"), module.__dict__)  # noqa: S102
+    return getattr(module, attribute)
+
+
+def method_class(name: str):
+    module, attribute = CLASSES[name]
+    __import__(module)
+    return getattr(sys.modules[module], attribute)
+
+
+def warm_page_cache(features) -> None:
+    """Read every cached array once, so the first timed run does not pay the disk."""
+    for array in features.arrays.values():
+        with open(array.filename, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def timed(cls, source, dataset, split, bits: int, epochs: int, seed: int = 0) -> dict:
+    """One ``run_method``: CPU and wall seconds, codes, loss history."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = run_method(cls, {}, source, dataset.labels, dataset.num_classes, bits, seed,
+                        epochs=epochs)
+    return {"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall,
+            "codes": result["codes"], "history": result["history"]}
+
+
+def compare(old: dict, new: dict) -> str:
+    """Equal-bit shares and tie-aware mAPs of two runs' codes."""
+    same = {role: float((old["codes"][f"{role}_codes"] == new["codes"][f"{role}_codes"]).mean())
+            for role in ("query", "db")}
+    maps = [evaluate_retrieval(r["codes"]["query_codes"], r["codes"]["db_codes"],
+                               r["codes"]["query_labels"], r["codes"]["db_labels"]).metrics["map_tie_aware"]
+            for r in (old, new)]
+    return (f"equal bits: query {same['query']:.4f}, db {same['db']:.4f}; tie-aware mAP "
+            f"old {maps[0]:.4f} new {maps[1]:.4f}; last loss old {old['history'][-1]:.6f} "
+            f"new {new['history'][-1]:.6f}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="cmbh,thesis-ddl")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--bits", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "datasets"))
+    args = parser.parse_args(argv)
+    dataset = build_dataset("cub100", data_root=args.data_root)
+    features = extract_features(dataset, transform=Transform(224), progress=False)
+    warm_page_cache(features)
+    split = materialise(dataset.labels, dataset.is_train, dataset.num_classes, Protocol(), 0)
+    loop.seed_everything(0)  # its first call imports torch's compiler stack: not timed
+    print(f"cub100, {len(split.train_index)} train / {len(split.query_index)} query images, "
+          f"{args.epochs} epochs, {args.bits} bits, torch threads {torch.get_num_threads()}, "
+          f"old code = git {BASE}")
+    print("| method | old CPU s | new CPU s | CPU ratio | old wall s | new wall s | wall ratio |")
+    print("|---|---|---|---|---|---|---|")
+    notes = []
+    for name in args.methods.split(","):
+        new_cls = method_class(name)
+        by_factor = {f: features for f in {1, *train_factors(new_cls)}}
+        runs = {"old": [], "new": []}
+        for _ in range(args.repeats):
+            with old_code():
+                old_cls = method_class(name)
+                runs["old"].append(timed(old_cls, FrozenInputs(old_cls, split, by_factor),
+                                         dataset, split, args.bits, args.epochs))
+            runs["new"].append(timed(new_cls, FrozenInputs(new_cls, split, by_factor),
+                                     dataset, split, args.bits, args.epochs))
+        cpu = {k: min(r["cpu"] for r in v) for k, v in runs.items()}
+        wall = {k: min(r["wall"] for r in v) for k, v in runs.items()}
+        print(f"| {name} | {cpu['old']:.1f} | {cpu['new']:.1f} | {cpu['old'] / cpu['new']:.2f}x "
+              f"| {wall['old']:.1f} | {wall['new']:.1f} | {wall['old'] / wall['new']:.2f}x |")
+        notes.append(f"{name}: {compare(runs['old'][0], runs['new'][0])}")
+    print("\n".join(notes))
+
+
+if __name__ == "__main__":
+    main()
