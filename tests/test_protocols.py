@@ -323,8 +323,8 @@ def test_real_valued_features_are_evaluated_and_timed_beside_the_codes(tmp_path,
     assert sld["provenance"]["load_average"] >= 0  # the load while its timings were taken
     from benchmark.report.tables import render_all
     text, = render_all(list(records.values())).values()
-    row = next(line for line in text.splitlines() if "| thesis-sld |" in line)
+    row = next(line for line in text.splitlines() if line.startswith("| clean | thesis-sld"))
     assert f"{100 * sld['metrics']['map_real']:.2f} (1024-d, 16b)" in row
     assert "Float / Hamming search time" in text
-    csq_row = next(line for line in text.splitlines() if "| csq |" in line)
+    csq_row = next(line for line in text.splitlines() if line.startswith("| clean | csq"))
     assert csq_row.count(" - |") >= 2  # no real-valued feature: both cells empty
