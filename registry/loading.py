@@ -99,6 +99,9 @@ class _Registrar:
 
     def method(self, cls) -> None:
         name = check_name("method", getattr(cls, "name", None))
+        from benchmark.method import HashMethod  # the harness's contract, imported on use
+        if not (isinstance(cls, type) and issubclass(cls, HashMethod)):
+            raise TypeError(f"method {name!r}: {cls!r} is not a HashMethod subclass")
         if name in self.methods:
             raise ValueError(f"method {name!r} already provided by plugin {self.methods[name].plugin!r}")
         self.methods[name] = MethodEntry(name, cls, self.plugin, self.dist, self.version)
