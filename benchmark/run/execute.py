@@ -6,6 +6,7 @@ on. Its files go into ``runs/<id>.partial/`` (see :mod:`.folders`).
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -28,6 +29,7 @@ from .inputs import FinetuneInputs, FrozenInputs, train_factors
 from .log import RunLog
 from .loop import seed_everything
 from .method_run import run_method
+from .timing import RunTiming
 
 
 def evaluate(dataset, split, codes: dict) -> tuple[dict, dict | None]:
@@ -75,6 +77,14 @@ def inputs_for(entry, spec, split, dataset, context):
     return source
 
 
+def profile_key(spec: dict, dataset) -> str:
+    """What a run's efficiency depends on (``eval.profiling.profile_run``'s ``key``): seeds
+    and protocols of one method, code, hparams, bits and input size share one profile."""
+    return json.dumps([spec["method"], spec.get("distribution"), spec.get("version"), spec.get("code"),
+                       spec.get("hparams"), spec["bits"], spec["backbone"], spec["input_size"],
+                       dataset.num_classes], sort_keys=True, default=str)
+
+
 _SHOWN: set[str] = set()
 
 
@@ -102,21 +112,27 @@ def split_for(spec: dict, context):
 
 
 def _train_once(entry, spec, checkpoint_id: str, split, dataset, context, log: RunLog,
-                epochs=None, encode=True) -> tuple[dict, object]:
-    """(run_method's result, input source) of one training on ``split``."""
+                timing: RunTiming, epochs=None, encode=True) -> tuple[dict, object]:
+    """(run_method's result, input source) of one training on ``split``; its steps'
+    seconds added to ``timing``."""
     seed_everything(spec["seed"])
-    source = inputs_for(entry, spec, split, dataset, context)
+    with timing.step("data"):
+        source = inputs_for(entry, spec, split, dataset, context)
     checkpoint = checkpoints.for_run(context.request.out, checkpoint_id, spec["regime"],
                                      source.device, context.log)
+    tick = time.perf_counter()
     result = run_method(entry.cls, spec["hparams"], source, dataset.labels, dataset.num_classes,
-                        spec["bits"], spec["seed"], epochs=epochs, epoch_log=log.epoch,
+                        spec["bits"], spec["seed"], epochs=epochs, epoch_log=timing.epoch_log(log.epoch),
                         checkpoint=checkpoint, train=spec.get("train"), encode=encode)
+    timing.add("encode", result.get("encode_seconds", 0.0))
+    timing.add("train", time.perf_counter() - tick - result.get("encode_seconds", 0.0))
     if checkpoint.resumed_from is not None:
         result["resumed_after_epoch"] = checkpoint.resumed_from
     return result, source
 
 
-def reported_run(entry, spec, run_id, split, dataset, context, log: RunLog) -> tuple:
+def reported_run(entry, spec, run_id, split, dataset, context, log: RunLog,
+                 timing: RunTiming) -> tuple:
     """(result, input source, split) of the run a record reports. With a validation split
     (``val_rule = "retrain"``, README "Protocols") a trainable method is first trained on
     the train part with every epoch scored on validation; then a fresh model (same seed) is
@@ -127,12 +143,12 @@ def reported_run(entry, spec, run_id, split, dataset, context, log: RunLog) -> t
     if len(split.val_index):
         if entry.cls.trainable:
             log.facts("phase", "selection: train part, every epoch scored on validation")
-            chosen = _train_once(entry, spec, run_id, split, dataset, context, log,
+            chosen = _train_once(entry, spec, run_id, split, dataset, context, log, timing,
                                  encode=False)[0]["selection"]
             log.facts("phase", f"retrain: full training split, {chosen['epoch']} epochs")
         split = split.full_training()
     retrain_id = run_id if chosen is None else f"{run_id}-retrain"
-    result, source = _train_once(entry, spec, retrain_id, split, dataset, context, log,
+    result, source = _train_once(entry, spec, retrain_id, split, dataset, context, log, timing,
                                  epochs=chosen and chosen["epoch"])
     if chosen is not None:
         result["selection"] = {**chosen, "rule": "best_val_map_then_retrain"}
@@ -143,39 +159,45 @@ def reported_run(entry, spec, run_id, split, dataset, context, log: RunLog) -> t
 
 def _execute(entry, spec, run_id, dataset, context, log: RunLog) -> dict:
     started = time.time()
-    record = new_record(entry, spec, run_id)
+    record, timing = new_record(entry, spec, run_id), RunTiming()
     folder = partial_folder(context.request.out, run_id)  # published once the row is stored
     try:
-        split = split_for(spec, context)
+        with timing.step("data"):
+            split = split_for(spec, context)
         record["protocol"] = dict(spec["protocol"], materialised=split.facts)
-        result, source, split = reported_run(entry, spec, run_id, split, dataset, context, log)
+        result, source, split = reported_run(entry, spec, run_id, split, dataset, context, log,
+                                             timing)
         record["provenance"]["device"] = device_label(source.device)
         for key in ("resumed_after_epoch", "train_images_per_s", "lr"):
             if key in result:
                 record["provenance"][key] = result[key]
         log.facts("selection", result["selection"])
         codes = result["codes"]
-        record["metrics"], pr = evaluate(dataset, split, codes)
-        if result["real"] is not None:
-            record["metrics"]["map_real"] = map_real_valued(
-                result["real"]["query"], result["real"]["db"], codes["query_labels"], codes["db_labels"])
+        with timing.step("evaluate"):
+            record["metrics"], pr = evaluate(dataset, split, codes)
+            if result["real"] is not None:
+                record["metrics"]["map_real"] = map_real_valued(
+                    result["real"]["query"], result["real"]["db"], codes["query_labels"], codes["db_labels"])
         if result["skipped_images"]:
             record["metrics"]["skipped_images"] = result["skipped_images"]
         record["provenance"]["selection"] = result["selection"]
         if result["asymmetric"]:  # database codes from encode_database (absent: symmetric)
             record["provenance"]["asymmetric"] = True
         record["provenance"]["load_average"] = round(os.getloadavg()[0], 2)  # while timing
-        record["efficiency"] = profile_run(result["method"], result["input_shapes"], spec["backbone"],
-                                           spec["input_size"], codes["db_codes"], codes["query_codes"],
-                                           result["real"])
+        with timing.step("profile"):
+            record["efficiency"] = profile_run(result["method"], result["input_shapes"], spec["backbone"],
+                                               spec["input_size"], codes["db_codes"], codes["query_codes"],
+                                               result["real"], profile_key(spec, dataset))
         record["provenance"].update(epochs=result["epochs"], loss_history=result["history"])
         record["health"] = health(result["history"], codes["db_codes"], codes["db_labels"],
                                   spec["bits"])
-        save_codes(folder, codes)
-        if pr is not None:
-            save_pr_curve(folder, pr)
+        with timing.step("store"):
+            save_codes(folder, codes)
+            if pr is not None:
+                save_pr_curve(folder, pr)
     except Exception as exc:  # noqa: BLE001 - a failing plugin must not stop the grid
         record.update(status="failed", error=one_line(exc), metrics={}, efficiency={})
         log.failure(exc)
+    record["provenance"]["timing"] = timing.facts()  # seconds per step (run/timing.py)
     record["wall_time"] = round(time.time() - started, 3)
     return record

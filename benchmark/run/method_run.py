@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 
 import numpy as np
 import torch
@@ -162,10 +163,13 @@ def run_method(method_cls, hparams: dict, source, labels: np.ndarray, num_classe
     if not encode:
         return trained
     before = state_digest(method)
+    tick = time.perf_counter()
     codes, real, asymmetric = encode_roles(method, source, labels)
+    encode_seconds = time.perf_counter() - tick  # provenance.timing's encode step
     check_unchanged(method, before)
     return {"method": method.cpu(), "input_shapes": shapes, "codes": codes, "real": real,
-            "skipped_images": source.skipped(), "asymmetric": asymmetric, **trained}
+            "skipped_images": source.skipped(), "asymmetric": asymmetric,
+            "encode_seconds": encode_seconds, **trained}
 
 
 def encode_roles(method, source, labels: np.ndarray) -> tuple[dict, dict | None, bool]:
