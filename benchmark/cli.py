@@ -156,7 +156,7 @@ def cmd_perf(args) -> int:
     from .eval import perf
     if args.threads < 1:
         raise BenchmarkError(f"--threads must be at least 1, got {args.threads}")
-    perf.main(quick=args.quick, scale=not args.no_scale, threads=args.threads)
+    perf.main(quick=args.quick, scale=not args.no_scale, threads=args.threads, codes=args.codes)
     return 0
 
 
@@ -324,6 +324,7 @@ def _perf_parser(sub) -> None:
     perf.add_argument("--quick", action="store_true", help="toy sizes (seconds; for tests)")
     perf.add_argument("--no-scale", action="store_true",
                       help="skip the 10k x 1M mAP scale test")
+    perf.add_argument("--codes", help="runs' codes.npz (comma-separated) for section 4's trained codes")
     perf.add_argument("--threads", type=int, default=1,
                       help="threads for evaluation and search throughput (default 1: like "
                            "for like with the single-threaded reference loop)")

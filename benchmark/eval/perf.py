@@ -52,11 +52,13 @@ class PerfConfig:
     float_dims: tuple = (48, 1280)
     float_memory_limit: int = 2 ** 30  # skip float databases larger than this (bytes)
     latency_budget_s: float = 1.0
+    mih_db: tuple = (100_000, 1_000_000)  # section 4: multi-index hashing vs the flat index
+    mih_queries: int = 1000
 
 
 QUICK = PerfConfig(map_queries=300, map_db=400, map_classes=20, scale_queries=200,
                    scale_db=20_000, scale_classes=50, search_db=(1_000, 5_000),
-                   search_batch=50, latency_budget_s=0.05)
+                   search_batch=50, latency_budget_s=0.05, mih_db=(2_000, 5_000), mih_queries=50)
 
 
 # ---------------------------------------------------------------- data
@@ -214,7 +216,7 @@ def _rows_at(rows, n_db):
     return {r["name"]: r for r in rows if r["db"] == n_db and "skipped" not in r}
 
 
-def report(cfg: PerfConfig, scale: bool = True, threads: int = 1, log=print) -> dict:
+def report(cfg: PerfConfig, scale: bool = True, threads: int = 1, log=print, codes=None) -> dict:
     """Measure and print every section in order (one straight sequence of sections, long
     because each prints its own ratios); return the numbers."""
     import faiss
@@ -284,8 +286,11 @@ def report(cfg: PerfConfig, scale: bool = True, threads: int = 1, log=print) -> 
             f"(faiss runs a batch of float queries as one matrix product that reuses each "
             f"database vector across queries) and padding (un-padded codes take faiss's "
             f"generic path).")
+    from .search_bench import compare_search, files_by_bits
+    results["multi_index"] = compare_search(cfg.mih_db, (32, 64), files_by_bits(codes),
+                                            cfg.mih_queries, cfg.search_k, log)
     return results
 
 
-def main(quick: bool = False, scale: bool = True, threads: int = 1) -> dict:
-    return report(QUICK if quick else PerfConfig(), scale=scale, threads=threads)
+def main(quick: bool = False, scale: bool = True, threads: int = 1, codes=None) -> dict:
+    return report(QUICK if quick else PerfConfig(), scale=scale, threads=threads, codes=codes)
