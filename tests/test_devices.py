@@ -69,9 +69,7 @@ EPOCHS = 3  # label correction (thesis-sld/-ddl) starts at epoch 2
 #: the run short (thesis-mad's greedy selection takes one step per kept candidate)
 HPARAMS = {"a2net": {"late_epoch": 1}, "a2netpp": {"late_epoch": 1}, "thesis-mad": {"subset": 48}}
 #: methods whose device fix is still to come (issue 13); strict: remove an entry once it passes
-XFAIL: dict[str, str] = {
-    "dpsh": "on_epoch_start makes its memory with torch.zeros(len(data), bits), on the CPU",
-}
+XFAIL: dict[str, str] = {}
 CROSSING = {torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default}
 #: ops that take CPU index tensors for a tensor on any device (``x[:, [0, 2]]`` makes one)
 INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default,

@@ -76,17 +76,24 @@ def unpack(packed, current=None):
 
 
 def module_state(module: nn.Module) -> dict:
-    """``state_dict`` plus the plain-attribute training state of the module and its children."""
-    extra = {}
+    """``state_dict`` plus the training state a module keeps outside it: plain attributes and
+    non-persistent buffers (e.g. DPSH's memory of network outputs), of it and its children."""
+    extra, transient = {}, {}
     for name, sub in module.named_modules():
         attrs = {k: pack(v) for k, v in vars(sub).items() if k not in MODULE_INTERNALS}
         extra[name] = {k: v for k, v in attrs.items() if v is not None}
-    return {"state_dict": module.state_dict(), "attributes": extra}
+        transient[name] = {k: sub._buffers[k] for k in sub._non_persistent_buffers_set
+                           if sub._buffers.get(k) is not None}
+    return {"state_dict": module.state_dict(), "attributes": extra, "buffers": transient}
 
 
 def load_module_state(module: nn.Module, state: dict) -> None:
     module.load_state_dict(state["state_dict"])
     subs = dict(module.named_modules())
+    for name, buffers in state.get("buffers", {}).items():
+        for key, value in buffers.items():
+            old = subs[name]._buffers.get(key)
+            subs[name]._buffers[key] = value.to(old.device if old is not None else value.device)
     for name, attrs in state["attributes"].items():
         for key, value in attrs.items():
             setattr(subs[name], key, unpack(value, getattr(subs[name], key, None)))
