@@ -114,6 +114,7 @@ def throughput(index, queries: np.ndarray, k: int, threads: int | None = None) -
 
 SCAN_LIMIT = 1 << 15  # distinct codes up to which a scan of them beats hashing
 MASKS: dict = {}      # (substring bits, radius) -> every mask of that many set bits
+PROBE = 16            # queries of a batch after which mostly failing tables are skipped
 
 
 def code_words(codes: np.ndarray) -> np.ndarray:
@@ -152,10 +153,11 @@ class MultiIndexHash:
     distance. By the pigeonhole principle every code within ``m (r + 1) - 1`` of the query
     has been a candidate once radius r is done, so the top k are exact as soon as k items lie
     within that radius; a query whose candidates pass ``max_fraction`` of the distinct codes
-    first falls back to the flat scan."""
+    first falls back to the flat scan, and so does the rest of a batch once most of its first
+    ``PROBE`` queries did (codes too spread out for the tables, e.g. random ones)."""
 
     def __init__(self, db_codes: np.ndarray, substring_bits: int = 16,
-                 scan_limit: int = SCAN_LIMIT, max_fraction: float = 0.2):
+                 scan_limit: int = SCAN_LIMIT, max_fraction: float = 0.05):
         import faiss
         codes = np.asarray(db_codes, dtype=np.uint8)
         self.bits = codes.shape[1]
@@ -225,7 +227,8 @@ class MultiIndexHash:
         items = np.empty((len(words), k), dtype=np.int64)
         flat = []
         for i, word in enumerate(words):
-            hit = self._hashed(word, k) if self.tables else None
+            hashing = self.tables and not (i >= PROBE and 2 * len(flat) > i)
+            hit = self._hashed(word, k) if hashing else None
             if hit is None:
                 flat.append(i)
             else:
