@@ -157,7 +157,7 @@ class MultiIndexHash:
     ``PROBE`` queries did (codes too spread out for the tables, e.g. random ones)."""
 
     def __init__(self, db_codes: np.ndarray, substring_bits: int = 16,
-                 scan_limit: int = SCAN_LIMIT, max_fraction: float = 0.05):
+                 scan_limit: int = SCAN_LIMIT, max_fraction: float = 0.01):
         import faiss
         codes = np.asarray(db_codes, dtype=np.uint8)
         self.bits = codes.shape[1]
