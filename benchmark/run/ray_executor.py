@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -135,6 +136,8 @@ def connect(address: str | None) -> bool:
     local one with this machine's CPUs; True when this call started a Ray session."""
     if ray.is_initialized():
         return False
+    if address:
+        check_reachable(address)
     options = {"address": address} if address else {"address": "local", "include_dashboard": False}
     try:
         ray.init(**options, log_to_driver=False, logging_level=logging.WARNING)
@@ -142,6 +145,19 @@ def connect(address: str | None) -> bool:
         raise BenchmarkError(f"--ray-address {address or '(local)'}: cannot start or join "
                              f"Ray ({one_line(exc)})") from None
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A ``HOST:PORT`` address must accept a connection (``ray.init`` would wait for it for
+    minutes); ``auto`` and ``ray://`` addresses are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise BenchmarkError(f"--ray-address {address}: no Ray cluster answers there "
+                             f"({one_line(exc)}); start one with `ray start --head`") from None
 
 
 def write_files(folder: Path, files: dict[str, bytes]) -> None:
