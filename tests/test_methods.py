@@ -46,3 +46,20 @@ def test_lsh_centres_features():
     assert torch.allclose(lsh.mean, x.mean(0))
     codes = (lsh.encode({"pooled": x}) >= 0).float().mean(0)
     assert ((codes > 0.2) & (codes < 0.8)).all()  # balanced bits, not all ones
+
+
+def test_itq_principal_directions_survive_a_rank_deficient_covariance(monkeypatch):
+    """When eigh fails to converge, the SVD gives the same principal subspace."""
+    import torch
+    from plugins.classic import principal_directions
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 200, generator=generator, dtype=torch.float64)
+    x = x - x.mean(0)
+    direct = principal_directions(x, 8)
+
+    def no_convergence(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+    monkeypatch.setattr(torch.linalg, "eigh", no_convergence)
+    fallback = principal_directions(x, 8)
+    # same subspace: the projectors agree (signs and order inside ties may differ)
+    assert torch.allclose(direct @ direct.T, fallback @ fallback.T, atol=1e-8)

@@ -47,8 +47,7 @@ class ITQ(HashMethod):
         x = inputs["pooled"].double()
         self.mean.copy_(x.mean(0))
         x = x - x.mean(0)
-        eigenvalues, eigenvectors = torch.linalg.eigh(x.T @ x)
-        pca = eigenvectors[:, eigenvalues.argsort(descending=True)[: self.bits]]
+        pca = principal_directions(x, self.bits)
         v = x @ pca
         start = torch.randn(self.bits, self.bits, dtype=torch.float64)  # CPU RNG, then moved
         rotation, _ = torch.linalg.qr(start.to(x.device))
@@ -60,6 +59,18 @@ class ITQ(HashMethod):
 
     def encode(self, inputs):
         return (inputs["pooled"] - self.mean) @ self.projection
+
+
+def principal_directions(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-``k`` eigenvectors of ``x^T x`` (x centred), as columns. When LAPACK's
+    eigensolver does not converge (a covariance of far lower rank than its size: fewer
+    samples than dimensions), the right singular vectors of ``x`` span the same directions."""
+    try:
+        eigenvalues, eigenvectors = torch.linalg.eigh(x.T @ x)
+    except torch.linalg.LinAlgError:
+        _, singular, vt = torch.linalg.svd(x, full_matrices=False)
+        eigenvalues, eigenvectors = singular ** 2, vt.T
+    return eigenvectors[:, eigenvalues.argsort(descending=True)[:k]]
 
 
 @hookimpl
