@@ -71,7 +71,7 @@ def test_tuning_never_opens_the_test_split(tmp_path, monkeypatch):
         return full_load(i)
     full_load = full.load
     full.load = load
-    monkeypatch.setattr(tune_split, "build_dataset", lambda *a, **k: full)
+    monkeypatch.setattr(tune_split, "build_grid_dataset", lambda *a, **k: full)
     out = tmp_path / "tune"
     tune(TuneRequest(methods=["dsh"], trials=1, out=out, cache_dir=tmp_path / "cache", **QUICK),
          log=lambda *_: None)

@@ -120,6 +120,15 @@ def build_dataset(name: str, data_root=None, **options) -> ImageSet:
     return dataset
 
 
+def build_grid_dataset(name: str, data_root=None, max_classes: int | None = None) -> ImageSet:
+    """:func:`build_dataset`, keeping only the first ``max_classes`` classes when given (a
+    separate dataset: its name gets ``-first{K}``), as ``run --max-classes`` asks."""
+    dataset = build_dataset(name, data_root=data_root)
+    if max_classes and max_classes < dataset.num_classes:
+        dataset = dataset.subset(dataset.labels < max_classes, f"-first{max_classes}")
+    return dataset
+
+
 def hash_files(root: Path, paths: list[str]) -> str:
     digest = hashlib.sha256()
     for rel in paths:

@@ -144,14 +144,12 @@ def add_parser(sub) -> None:
 
 
 def command(args) -> int:
-    from ..data import build_dataset
+    from ..data import build_grid_dataset
     chosen = Protocol(noise=args.noise, long_tail=args.long_tail, val_frac=args.val_frac,
                       unseen_classes=args.unseen_classes, unseen_eval=args.unseen_eval,
                       resolution=args.resolution, resolution_db=args.resolution_db)
     chosen.spec()  # parses noise and long tail: one line for a bad value
-    dataset = build_dataset(args.dataset, data_root=args.data_root)
-    if args.max_classes and args.max_classes < dataset.num_classes:
-        dataset = dataset.subset(dataset.labels < args.max_classes, f"-first{args.max_classes}")
+    dataset = build_grid_dataset(args.dataset, args.data_root, args.max_classes)
     query = ~dataset.is_train if dataset.query_mask is None else dataset.query_mask
     split = materialise(dataset.labels, dataset.is_train, dataset.num_classes, chosen, args.seed,
                         query_mask=query, db_mask=dataset.db_mask)

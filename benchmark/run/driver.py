@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..data import build_dataset
+from ..data import build_grid_dataset
 from ..errors import DataError
 from ..features.cache import extract_features
 from ..features.transforms import Transform
@@ -37,10 +37,7 @@ def run_grid(request: GridRequest, log=print) -> list[dict]:
     closed however the grid ends."""
     request.validate()
     entries = resolve_methods(request.methods, request.method_settings())
-    dataset = build_dataset(request.dataset, data_root=request.data_root)
-    if request.max_classes and request.max_classes < dataset.num_classes:
-        dataset = dataset.subset(dataset.labels < request.max_classes,
-                                 f"-first{request.max_classes}")
+    dataset = build_grid_dataset(request.dataset, request.data_root, request.max_classes)
     with ResultStore(Path(request.out) / "results.sqlite") as store:
         return _run_all(request, entries, dataset, store, log)
 

@@ -33,7 +33,8 @@ from .loop import epoch_data, method_view, seed_everything, train
 def state_digest(module: torch.nn.Module) -> dict[str, str]:
     """Entry name -> SHA-256 of every ``state_dict`` entry and every buffer (persistent or
     not): dtype, shape and bytes of a tensor, ``repr`` of any other extra state."""
-    items = {**module.state_dict(), **{f"buffer {n}": b for n, b in module.named_buffers()}}
+    items = module.state_dict()  # persistent buffers are in it; add the others once
+    items.update({f"buffer {n}": b for n, b in module.named_buffers() if n not in items})
     digests = {}
     for name, value in items.items():
         h = hashlib.sha256(repr(type(value)).encode())

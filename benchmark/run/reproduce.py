@@ -14,23 +14,21 @@ fraction of its seed spread.
 """
 from __future__ import annotations
 
-import math
 import random
-import statistics
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy import stats
 from tabulate import tabulate
 
-from ..data import build_dataset
+from ..data import build_grid_dataset
 from ..errors import BenchmarkError
 from ..eval.machine import hardware_id
 from ..grid.protocols import protocol_label
 from ..grid.request import GridRequest
 from ..grid.runs import expand, resolve_methods
+from ..report.stats import mean_halfwidth
 from ..store.records import read_records
 from .driver import run_grid
 
@@ -65,13 +63,6 @@ def cell_key(record: dict) -> tuple:
             str(sorted(spec.get("hparams", {}).items())))
 
 
-def half_width(values: list[float]) -> float:
-    """95% confidence half-width of the mean (t distribution); 0 for fewer than 2 values."""
-    if len(values) < 2:
-        return 0.0
-    return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
-
-
 def stored_hparams(spec: dict) -> dict:
     """The record's resolved hyperparameters and training config as ``--hparams`` values."""
     train = dict(spec.get("train") or {})
@@ -102,15 +93,17 @@ def request_for(record: dict, out: Path, data_root, cache_dir) -> GridRequest:
                        on_bad_image=spec.get("on_bad_image", "fail"))
 
 
-def changed_keys(record: dict, request: GridRequest) -> list[str]:
-    """Spec keys whose value today's code gives differently (empty: same run identity)."""
-    entries = resolve_methods(request.methods)
-    dataset = build_dataset(request.dataset, data_root=request.data_root)
-    if request.max_classes and request.max_classes < dataset.num_classes:
-        dataset = dataset.subset(dataset.labels < request.max_classes, f"-first{request.max_classes}")
-    (_, spec, _), = expand(request, entries, dataset)
+def today(record: dict, request: GridRequest, datasets: dict) -> tuple:
+    """(registry entry, spec keys whose value today's code gives differently: empty for the
+    same run identity); ``datasets`` caches each dataset the records need (built once)."""
+    settings = request.method_settings()
+    entry, = resolve_methods(request.methods, settings)
+    key = (request.dataset, request.data_root, request.max_classes)
+    if key not in datasets:
+        datasets[key] = build_grid_dataset(*key)
+    (_, spec, _), = expand(request, [entry], datasets[key], settings)
     old = record["spec"]
-    return sorted(k for k in set(spec) | set(old) if spec.get(k) != old.get(k))
+    return entry, sorted(k for k in set(spec) | set(old) if spec.get(k) != old.get(k))
 
 
 def reproduce(records_file: Path, selection: Selection, out: Path | None = None, data_root=None,
@@ -121,10 +114,10 @@ def reproduce(records_file: Path, selection: Selection, out: Path | None = None,
     for r in records:
         cells[cell_key(r)].append(r["metrics"][HEADLINE])
     out = Path(out or tempfile.mkdtemp(prefix="reproduce-"))
-    rows = []
+    rows, datasets = [], {}
     for record in selection.pick(records):
         request = request_for(record, out, data_root, cache_dir)
-        changed = changed_keys(record, request)
+        entry, changed = today(record, request, datasets)
         if changed and not allow_code_change:
             raise BenchmarkError(f"method {record['method']!r}: its code or defaults changed since "
                                  f"record {record['run_id']} was made (spec keys {', '.join(changed)}); "
@@ -132,9 +125,8 @@ def reproduce(records_file: Path, selection: Selection, out: Path | None = None,
         new, = run_grid(request, log=lambda *_: None)
         if new["status"] != "ok":
             raise BenchmarkError(f"record {record['run_id']}: the re-run failed: {new['error']}")
-        trained = bool(resolve_methods(request.methods)[0].cls.trainable)
-        tolerance = max(TRAINED_TOLERANCE, half_width(cells[cell_key(record)])) if trained \
-            else CLOSED_FORM_TOLERANCE
+        tolerance = max(TRAINED_TOLERANCE, mean_halfwidth(cells[cell_key(record)])[1] or 0.0) \
+            if entry.cls.trainable else CLOSED_FORM_TOLERANCE
         committed, again = record["metrics"][HEADLINE], new["metrics"][HEADLINE]
         rows.append({"run_id": record["run_id"], "method": record["method"], "bits": record["bits"],
                      "seed": record["seed"], "protocol": protocol_label(record["spec"]["protocol"]),

@@ -16,7 +16,7 @@ import numpy as np
 
 from registry import DATASETS
 
-from ..data import build_dataset
+from ..data import build_grid_dataset
 from ..data.images import ImageSet
 from ..grid.protocols import carve_validation
 
@@ -45,9 +45,7 @@ def register_tuning_set(name: str, data_root, val_frac: float, seed: int,
                         max_classes: int | None = None) -> tuple[str, ImageSet]:
     """Build the tuning set of dataset ``name`` and register it under its tuning name (the
     builder returns the same object, so trials share it)."""
-    dataset = build_dataset(name, data_root=data_root)
-    if max_classes and max_classes < dataset.num_classes:
-        dataset = dataset.subset(dataset.labels < max_classes, f"-first{max_classes}")
+    dataset = build_grid_dataset(name, data_root, max_classes)
     tuned = tuning_set(dataset, val_frac, seed)
 
     def builder(data_root=None, strict=True, **options):
