@@ -234,6 +234,14 @@ def test_cmbh_ablation_variants_switch_the_loss_terms():
                      "cmbh": ["cls", "hash_pair", "hash_proxy", "region", "trans"]}
 
 
+class KnownCollapse(AssertionError):
+    """The measured, known failure of the finetune smoke (raised only by its LSH comparison)."""
+
+
+@pytest.mark.xfail(strict=True, raises=KnownCollapse,
+                   reason="known: after 1 finetune epoch here CMBH and A2-Net++ give one code to "
+                          "every database image (A2-Net++ also in the frozen regime, CMBH also after "
+                          "4 finetune epochs from EfficientNet-Lite0); strict: remove once they beat LSH")
 def test_finetune_smoke_cmbh_and_a2netpp_with_resnet18_beat_lsh(tmp_path):
     """The paper protocol end to end on CPU: ResNet-18 fine-tuned with each method, which
     must rank better than LSH on the same backbone (tie-aware mAP: one code for every image
@@ -251,6 +259,4 @@ def test_finetune_smoke_cmbh_and_a2netpp_with_resnet18_beat_lsh(tmp_path):
                                      ("cmbh", "finetune", "resnet18"), ("lsh", "finetune", "resnet18")]
     found = {r[0]: json.loads(r[3])["map_tie_aware"] for r in rows}
     if not (found["cmbh"] > found["lsh"] and found["a2netpp"] > found["lsh"]):
-        pytest.xfail(f"known: {found}; measured after 1 finetune epoch here, CMBH and A2-Net++ give "
-                     f"one code to every database image (A2-Net++ also in the frozen regime, CMBH "
-                     f"also after 4 finetune epochs from EfficientNet-Lite0)")
+        raise KnownCollapse(f"tie-aware mAP {found}: not both above LSH")
