@@ -240,14 +240,15 @@ def train(method: HashMethod, data, epochs: int, seed: int, optimizer_config: di
         method.train()
         tick, lrs = time.perf_counter(), [float(o.param_groups[0]["lr"]) for o in optimizers]
         steps, seen = _run_epoch(method, data, generator, epoch, positions, optimizers, amp, device, plan)
-        images, seconds = images + seen, seconds + time.perf_counter() - tick
-        history.append(sum(total for total, _ in steps) / max(len(steps), 1))
+        facts = _epoch_facts(epoch, steps, time.perf_counter() - tick, lrs)
+        images, seconds = images + seen, seconds + facts["seconds"]
+        history.append(facts["loss"])
         if plan:
             plan.after_epoch()
             if stats is not None:
                 stats.setdefault("lr", []).append(lrs[0])
         if epoch_log:
-            epoch_log(_epoch_facts(epoch, steps, time.perf_counter() - tick, lrs))
+            epoch_log(facts)
         if after_epoch:
             after_epoch(epoch)
         if checkpoint:
