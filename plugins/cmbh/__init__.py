@@ -123,13 +123,13 @@ def crop(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torc
         batch * regions, maps.shape[1], *size)
 
 
-def activation_map(maps: list[torch.Tensor]) -> torch.Tensor:
+def activation_map(maps: list[torch.Tensor], positive: bool = True) -> torch.Tensor:
     """A_i: channel mean of the stage maps resized to the last one's size (B, h, w), over
     their positive part: ResNet's stage outputs (post-ReLU) are activations already, while
     EfficientNet's end in a linear projection whose signed channel mean is no heat map.
     Each map's channel sum is resized (resizing is linear: the same as resizing every channel)."""
     size = maps[-1].shape[-2:]
-    summed = [m.clamp(min=0).sum(1, keepdim=True) for m in maps]
+    summed = [(m.clamp(min=0) if positive else m).sum(1, keepdim=True) for m in maps]
     total = sum(s if s.shape[-2:] == size else F.adaptive_avg_pool2d(s, size) for s in summed)
     return total.squeeze(1) / sum(m.shape[1] for m in maps)
 
@@ -163,14 +163,17 @@ class CMBH(HashMethod):
                                   "weight_decay": 5e-4}}
     regime_hparams = {"finetune": {"lr": 1e-3, "epochs": 100, "schedule": "step:70:0.1"}}
     search_space = {"lr": ("log", 1e-3, 3e-2), "epochs": ("int", 6, 30),
-                    "hash_stage": ("choice", [1, 2]), "alpha": ("choice", [12.0, 16.0])}
+                    "hash_stage": ("choice", [1, 2]), "alpha": ("choice", [12.0, 16.0]),
+                    "positive_maps": ("choice", [True, False])}
 
     def __init__(self, bits, num_classes, input_shapes, layers: bool = True,
                  transfer: bool = True, regions: bool = True, k: int = 2, dim: int = 256,
-                 width: int = 32, alpha: float = 16.0, num_regions: int = 4, hash_stage: int = 2):
+                 width: int = 32, alpha: float = 16.0, num_regions: int = 4, hash_stage: int = 2,
+                 positive_maps: bool = True):
         super().__init__(bits, num_classes, input_shapes)
         self.layers, self.transfer, self.regions = bool(layers), bool(transfer), bool(regions)
         self.k, self.alpha, self.num_regions, self.l = k, alpha, num_regions, hash_stage
+        self.positive_maps = bool(positive_maps)
         channels = [input_shapes[s][0] for s in STAGES]
         self.c_vectors = nn.Parameter(torch.randn(num_classes, k, dim))
         self.sub = nn.ModuleList(StageEncoder(c, width, dim) for c in channels)
@@ -250,7 +253,7 @@ class CMBH(HashMethod):
         """Algorithm 1 boxes on the stage ``maps`` -> bilinear crops at half each stage's
         resolution of the ``reduced`` maps: the first convolution is 1x1 without bias, so
         cropping its output equals convolving the crops of the input."""
-        activation = activation_map([m.detach() for m in maps])
+        activation = activation_map([m.detach() for m in maps], self.positive_maps)
         h, w = activation.shape[-2:]
         cells = locate_regions(activation, self.num_regions).float()
         scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=cells.device)

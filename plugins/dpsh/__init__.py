@@ -64,6 +64,8 @@ class DPSH(HashMethod):
     name = "dpsh"
     train_config = {"epochs": 150, "batch_size": 128,
                     "optimizer": {"type": "RMSprop", "lr": 1e-4, "weight_decay": 1e-5}}
+    search_space = {"lr": ("log", 1e-5, 1e-3), "eta": ("log", 0.01, 1.0),
+                    "weight_decay": ("log", 1e-6, 1e-3)}
 
     def __init__(self, bits, num_classes, input_shapes, hidden: int = 1024, eta: float = 0.1):
         super().__init__(bits, num_classes, input_shapes)

@@ -35,7 +35,7 @@ class DSH(HashMethod):
     train_config = {"epochs": 40, "batch_size": 64,
                     "optimizer": {"type": "SGD", "lr": 1e-2, "momentum": 0.9,
                                   "weight_decay": 0.004}}
-    search_space = {"lr": ("log", 1e-3, 1e-1), "alpha": ("log", 1e-3, 1e-1),
+    search_space = {"lr": ("log", 1e-3, 5e-1), "alpha": ("log", 1e-3, 1e-1),
                     "weight_decay": ("log", 1e-5, 1e-2)}
 
     def __init__(self, bits, num_classes, input_shapes, hidden: int = 1024, alpha: float = 0.01):

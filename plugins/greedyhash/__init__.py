@@ -40,7 +40,7 @@ class GreedyHash(HashMethod):
     train_config = {"epochs": 30, "batch_size": 64,
                     "optimizer": {"type": "SGD", "lr": 1e-2, "momentum": 0.9,
                                   "weight_decay": 5e-4}}
-    search_space = {"lr": ("log", 1e-3, 1e-1), "alpha": ("log", 1e-2, 1.0),
+    search_space = {"lr": ("log", 1e-3, 5e-1), "alpha": ("log", 1e-2, 1.0),
                     "weight_decay": ("log", 1e-5, 1e-2)}
 
     def __init__(self, bits, num_classes, input_shapes, hidden: int = 1024, alpha: float = 0.1):

@@ -88,6 +88,8 @@ class HashNet(HashMethod):
     train_config = {"epochs": 50, "batch_size": 64,
                     "optimizer": {"type": "SGD", "lr": 1e-2, "momentum": 0.9, "nesterov": True,
                                   "weight_decay": 5e-4}}
+    search_space = {"lr": ("log", 1e-3, 1e-1), "weight_decay": ("log", 1e-5, 1e-2),
+                    "gamma": ("log", 1e-3, 2e-2)}
 
     def __init__(self, bits, num_classes, input_shapes, hidden: int = 1024,
                  init_scale: float = 1.0, gamma: float = 0.005, power: float = 0.5,

@@ -152,12 +152,14 @@ class ThesisSLD(HashMethod):
                     "optimizer": {"type": "Adam", "lr": 1e-3, "weight_decay": 1e-5}}
     search_space = {"lr": ("log", 1e-4, 1e-2), "beta_min": ("float", 0.1, 0.9),
                     "isolated_weight": ("float", 0.01, 1.0), "sub_centres": ("int", 1, 5),
-                    "quantisation": ("log", 0.01, 1.0)}
+                    "quantisation": ("log", 0.01, 1.0), "neighbours": ("int", 5, 20),
+                    "min_per_sub": ("int", 4, 16)}
 
     def __init__(self, bits, num_classes, input_shapes, label_correction: bool = True,
                  sub_labels: bool = True, isolation: bool = True, balance: bool = True,
                  neighbours: int = 10, beta_min: float = 0.3, sub_centres: int = 3,
-                 isolated_weight: float = 0.1, quantisation: float = 0.1, hidden: int = 1024):
+                 isolated_weight: float = 0.1, quantisation: float = 0.1, hidden: int = 1024,
+                 min_per_sub: int = 8):
         super().__init__(bits, num_classes, input_shapes)
         self.embed = nn.Sequential(nn.Linear(input_shapes["pooled"][0], hidden), nn.ReLU())
         self.hash = nn.Linear(hidden, bits)
@@ -165,7 +167,8 @@ class ThesisSLD(HashMethod):
         self.centres = hash_centres(num_classes, bits)  # training targets, not in encode
         self.state = SampleLabelState(num_classes, label_correction, sub_labels, isolation,
                                       balance, neighbours, beta_min=beta_min,
-                                      sub_centres=sub_centres, isolated_weight=isolated_weight)
+                                      sub_centres=sub_centres, min_per_sub=min_per_sub,
+                                      isolated_weight=isolated_weight)
 
     def encode(self, inputs):
         return self.hash(self.embed(inputs["pooled"]))
