@@ -61,11 +61,11 @@ def cmd_list(args) -> int:
     if args.names:  # for scripts: `run --methods "$(python -m benchmark list --default-grid --names)"`
         print(",".join(methods))
         return 0
-    print(f"{'method':<14} {'supervised':<10} {'inputs':<8} provided by")
-    for name, entry in methods.items():
-        print(f"{name:<14} {'yes' if entry.supervised else 'no':<10} "
-              f"{getattr(entry.cls, 'inputs', 'pooled'):<8} {entry.distribution} {entry.version} "
-              f"(plugin {entry.plugin})")
+    from .report.markdown import escape, table
+    print(table(["method", "supervised", "inputs", "provided by"],
+                [[escape(name), "yes" if entry.supervised else "no", getattr(entry.cls, "inputs", "pooled"),
+                  escape(f"{entry.distribution} {entry.version} (plugin {entry.plugin})")]
+                 for name, entry in methods.items()]))
     for kind, registry, owners in (("datasets", DATASETS, plugins.datasets),
                                    ("backbones", BACKBONES, plugins.backbones)):
         names = [f"{n} (plugin {owners[n]})" if n in owners else n for n in sorted(registry.module_dict)]

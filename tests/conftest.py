@@ -60,6 +60,13 @@ def run_cli(*args, env=None, cwd=None, timeout=600):
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def listed_methods(stdout: str) -> dict[str, list[str]]:
+    """``list``'s method table as {name: [name, supervised, inputs, provided by]}."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| method |")]
+    return {row[0]: row for row in rows}
+
+
 def make_plugin_dist(site: Path, dist: str, entry_name: str, module: str, source: str,
                      version: str = "1.0") -> Path:
     """Write an installed-looking distribution (module + dist-info with an entry point) into

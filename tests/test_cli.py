@@ -5,7 +5,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from tests.conftest import DATA_ROOT, make_plugin_dist, needs_cub100, run_cli
+from tests.conftest import DATA_ROOT, listed_methods, make_plugin_dist, needs_cub100, run_cli
 
 TINY = ["--dataset", "synthetic-fg", "--input-size", "64", "--epochs", "3", "--no-progress"]
 
@@ -54,9 +54,11 @@ def test_list_shows_builtins_and_failed_plugins(plugin_site):
     result = run_cli("list", env=plugin_site)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert any(l.split()[:3] == ["dsh", "yes", "pooled"] and "fghashbench 0.1.0" in l for l in lines)
-    assert any(l.split()[:2] == ["lsh", "no"] for l in lines)
-    assert any(l.startswith("exploding ") and "exploding-plugin 2.1" in l for l in lines)
+    assert lines[:2] == ["| method | supervised | inputs | provided by |", "|---|---|---|---|"]
+    methods = listed_methods(result.stdout)
+    assert methods["dsh"] == ["dsh", "yes", "pooled", "fghashbench 0.1.0 (plugin dsh)"]
+    assert methods["lsh"][1] == "no"
+    assert methods["exploding"][3].startswith("exploding-plugin 2.1")
     failed = [l for l in lines if l.startswith("failed plugin broken")]
     assert failed and "ImportError: needs a package that is not installed" in failed[0]
 

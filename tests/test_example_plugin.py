@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from registry import load_plugins
-from tests.conftest import ROOT, make_plugin_dist, run_cli
+from tests.conftest import ROOT, listed_methods, make_plugin_dist, run_cli
 
 EXAMPLE = ROOT / "examples" / "hashbench-example-plugin"
 TINY = ["--dataset", "synthetic-fg", "--input-size", "64", "--epochs", "2", "--no-progress"]
@@ -53,17 +53,16 @@ def site(tmp_path_factory):
     return target
 
 
-def listed(env) -> dict[str, str]:
+def listed(env) -> dict[str, list[str]]:
     result = run_cli("list", env=env)
     assert result.returncode == 0, result.stderr
-    return {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    return listed_methods(result.stdout)
 
 
 def test_installed_example_is_listed(site):
     methods = listed({"PYTHONPATH": str(site)})
-    assert "hashbench-example-plugin 0.1.0 (plugin dlbhc)" in methods["dlbhc"]
-    assert methods["dlbhc"].split()[1:3] == ["yes", "pooled"]
-    assert "other-plugin 3.4" in methods["other"]
+    assert methods["dlbhc"] == ["dlbhc", "yes", "pooled", "hashbench-example-plugin 0.1.0 (plugin dlbhc)"]
+    assert methods["other"][3].startswith("other-plugin 3.4")
 
 
 def test_example_runs_and_records_its_distribution(site, tmp_path, cache_dir):
