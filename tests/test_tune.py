@@ -60,6 +60,12 @@ def test_tune_gives_every_method_the_same_budget_and_a_config_run_takes(tmp_path
     (_, spec, _, _), = _records(run_out)
     assert spec["selection"] == chosen["dsh"]["selection"] and "tuning" not in spec
     assert spec["train"]["epochs"] == 1
+    # the page's training-setup table says how the hyperparameters were chosen
+    assert main(["leaderboard", "--results", str(run_out), "--out", str(tmp_path / "board")]) == 0
+    page = (tmp_path / "board" / "synthetic-fg.md").read_text()
+    best = chosen["dsh"]["selection"]["best_value"]
+    assert (f"hyperparameters tuned: 2 trials on synthetic-fg validation (val_frac 0.25, 8 bits, "
+            f"at most 1 epochs), best val map_tie_aware {best}") in page
 
 
 def test_tuning_never_opens_the_test_split(tmp_path, monkeypatch):
@@ -125,3 +131,24 @@ def test_open_study_is_seeded_by_its_trial_count(tmp_path):
     first.enqueue_trial({"lr": 0.1})
     again = open_study("x", storage, request)
     assert again.sampler._rng.rng.bytes(4) == optuna.samplers.TPESampler(seed=1)._rng.rng.bytes(4)
+
+
+def test_the_default_grid_runs_one_equal_budget_tuned_config():
+    """``make leaderboard`` passes DEFAULT_GRID's config, which holds every trainable
+    default-grid method, each chosen by the same rule on a validation split."""
+    from benchmark.grid.config import load_config, settings_of
+    from benchmark.grid.defaults import DEFAULT_GRID
+    from benchmark.grid.runs import resolve_methods
+    from tests.conftest import ROOT
+    assert f"DEFAULT_CONFIG := {DEFAULT_GRID['config']}" in (ROOT / "Makefile").read_text()
+    config = load_config(ROOT / DEFAULT_GRID["config"])
+    trainable = [e.name for e in resolve_methods(list(DEFAULT_GRID["methods"]), settings_of(None, None))
+                 if e.cls.trainable]
+    assert sorted(config.hparams) == sorted(config.selection) == sorted(trainable)
+    rules = {json.dumps({k: v for k, v in config.selection[m].items()
+                         if k not in ("study", "best_trial", "best_value")}, sort_keys=True)
+             for m in trainable}
+    assert len(rules) == 1  # same trials, epoch cap, bits, split and sampler for every method
+    rule = config.selection[trainable[0]]
+    assert rule["objective"] == "map_tie_aware" and rule["split"]["queries"] == "validation split"
+    assert rule["split"]["dataset"] == DEFAULT_GRID["dataset"] and 0 < rule["split"]["val_frac"] < 1

@@ -124,7 +124,9 @@ def render_index(ok: list[dict], failed: list[dict], pages: dict[str, str], pape
             "python -m benchmark leaderboard --records leaderboards/records.jsonl --out leaderboards --check  # CI",
             "```", "",
             f"The default grid is {', '.join(DEFAULT_GRID['methods'])} on {DEFAULT_GRID['dataset']}, "
-            f"{DEFAULT_GRID['regime']} regime, {_grid_text()}. The headline is the tie-aware "
+            f"{DEFAULT_GRID['regime']} regime, {_grid_text()}, with the hyperparameters that an "
+            f"equal-budget tune on a validation split chose (`{DEFAULT_GRID['config']}`; each "
+            "page's setup table shows them and their selection rule). The headline is the tie-aware "
             "mAP@all (expected AP when items at equal Hamming distance are ordered at random) on "
             "the dataset's official split (query = test, database = train); the index tie-break "
             "mAP (`map`) stays in the records.", ""]

@@ -28,7 +28,18 @@ def _selection(record: dict) -> str:
     val = (record.get("spec") or {}).get("protocol", {}).get("val_frac") or 0
     extra = [f"{k} {v}" for k, v in sorted(selection.items())
              if k not in ("rule", "val_map", "epoch", "best_val_map") and not isinstance(v, (list, dict))]
-    return ", ".join([rule] + ([f"val_frac {val}"] if val else []) + extra)
+    return ", ".join([rule] + ([f"val_frac {val}"] if val else []) + extra) + _tuning(record)
+
+
+def _tuning(record: dict) -> str:
+    """How a tuned config chose the run's hyperparameters (``spec.selection``), if it did."""
+    tuned = (record.get("spec") or {}).get("selection")
+    if not tuned:
+        return ""
+    split = tuned.get("split") or {}
+    return (f"; hyperparameters tuned: {tuned.get('trials')} trials on {split.get('dataset')} "
+            f"validation (val_frac {split.get('val_frac')}, {tuned.get('bits')} bits, at most "
+            f"{tuned.get('epoch_cap')} epochs), best val {tuned.get('objective')} {tuned.get('best_value')}")
 
 
 def _epochs(record: dict) -> str:

@@ -21,6 +21,7 @@ from ..eval.metrics import evaluate_retrieval, map_real_valued, save_pr_curve
 from ..eval.profiling import profile_run
 from ..eval.reid import evaluate_reid
 from ..grid import splitfile
+from ..method import hparam_defaults
 from . import checkpoint as checkpoints
 from .device import device_label, resolve_device
 from .folders import partial_folder
@@ -51,12 +52,20 @@ def save_codes(folder: Path, codes: dict) -> None:
     os.replace(tmp, folder / "codes.npz")
 
 
+def declared_defaults(method_cls, spec: dict) -> dict:
+    """The method's declared default of each resolved hyperparameter (what the setup tables
+    compare against to show the non-default ones)."""
+    defaults = hparam_defaults(method_cls)
+    return {k: defaults[k] for k in spec.get("hparams") or {} if k in defaults}
+
+
 def new_record(entry, spec: dict, run_id: str) -> dict:
     return {"run_id": run_id, "method": spec["method"], "dataset": spec["dataset"],
             "regime": spec["regime"], "backbone": spec["backbone"], "bits": spec["bits"],
             "seed": spec["seed"], "distribution": entry.distribution, "version": entry.version,
             "spec": spec, "protocol": spec["protocol"], "metrics": {}, "efficiency": {},
-            "provenance": {"versions": versions(), "hardware": hardware_id()},
+            "provenance": {"versions": versions(), "hardware": hardware_id(),
+                           "hparam_defaults": declared_defaults(entry.cls, spec)},
             "health": None, "status": "ok", "error": None}
 
 
