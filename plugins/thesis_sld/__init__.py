@@ -27,6 +27,16 @@ What we chose (each component is an ablation switch; all off = a CSQ-style MLP h
 * ``balance``: sample weights proportional to n_k^(-1/2), n_k the size of its sub-label
   (of its class without sub-labels), normalised to mean 1: the tail counts more.
 * Hash loss: soft-target centre loss on tanh outputs (CSQ centres) + quantisation.
+
+How the defaults were chosen: lr, ``beta_min``, ``isolated_weight``, ``sub_centres``,
+``quantisation`` and the isolation thresholds ``neighbours`` and ``min_per_sub`` are the
+equal-budget tune's choice (``configs/default-grid.yaml``, issue #12: 8 trials on a 20%
+validation split of cub100's train split, 32 bits), rounded to two digits; the earlier values
+(lr 1e-3, beta_min 0.3, isolated_weight 0.1, sub_centres 3, quantisation 0.1, neighbours 10,
+min_per_sub 8) had no recorded selection. The validation split is clean, so the tune saw no
+label noise: it chose an ``isolated_weight`` near 1 (isolation barely down-weights), which
+the noise protocols may not favour. ``hidden``, the decay schedule and the temperatures
+are the re-implementation's own, not tuned.
 """
 import torch
 import torch.nn.functional as F
@@ -149,7 +159,7 @@ class SampleLabelState:
 class ThesisSLD(HashMethod):
     name = "thesis-sld"
     train_config = {"epochs": 30, "batch_size": 64,
-                    "optimizer": {"type": "Adam", "lr": 1e-3, "weight_decay": 1e-5}}
+                    "optimizer": {"type": "Adam", "lr": 5.8e-4, "weight_decay": 1e-5}}
     search_space = {"lr": ("log", 1e-4, 1e-2), "beta_min": ("float", 0.1, 0.9),
                     "isolated_weight": ("float", 0.01, 1.0), "sub_centres": ("int", 1, 5),
                     "quantisation": ("log", 0.01, 1.0), "neighbours": ("int", 5, 20),
@@ -157,9 +167,9 @@ class ThesisSLD(HashMethod):
 
     def __init__(self, bits, num_classes, input_shapes, label_correction: bool = True,
                  sub_labels: bool = True, isolation: bool = True, balance: bool = True,
-                 neighbours: int = 10, beta_min: float = 0.3, sub_centres: int = 3,
-                 isolated_weight: float = 0.1, quantisation: float = 0.1, hidden: int = 1024,
-                 min_per_sub: int = 8):
+                 neighbours: int = 13, beta_min: float = 0.81, sub_centres: int = 5,
+                 isolated_weight: float = 0.96, quantisation: float = 0.14, hidden: int = 1024,
+                 min_per_sub: int = 14):
         super().__init__(bits, num_classes, input_shapes)
         self.embed = nn.Sequential(nn.Linear(input_shapes["pooled"][0], hidden), nn.ReLU())
         self.hash = nn.Linear(hidden, bits)
