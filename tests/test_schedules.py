@@ -124,7 +124,7 @@ def test_cmbh_finetune_recipe_is_the_papers_step_schedule():
     finetune = resolve(cmbh, "cmbh", regime_settings(MethodSettings(), cmbh, "cmbh", "finetune")).train
     assert (finetune["epochs"], finetune["optimizer"]["lr"], finetune["schedule"]) == (100, 1e-3, "step:70:0.1")
     frozen = resolve(cmbh, "cmbh", regime_settings(MethodSettings(), cmbh, "cmbh", "frozen")).train
-    assert "schedule" not in frozen and frozen["epochs"] == 24
+    assert "schedule" not in frozen and frozen["epochs"] == 21
     mine = MethodSettings(hparams={"cmbh": {"schedule": "none"}}, epochs=3)
     overridden = resolve(cmbh, "cmbh", regime_settings(mine, cmbh, "cmbh", "finetune")).train
     assert "schedule" not in overridden and overridden["epochs"] == 3  # the user's settings win

@@ -34,8 +34,10 @@ equal-budget tune's choice (``configs/default-grid.yaml``, issue #12: 8 trials o
 validation split of cub100's train split, 32 bits), rounded to two digits; the earlier values
 (lr 1e-3, beta_min 0.3, isolated_weight 0.1, sub_centres 3, quantisation 0.1, neighbours 10,
 min_per_sub 8) had no recorded selection. The validation split is clean, so the tune saw no
-label noise: it chose an ``isolated_weight`` near 1 (isolation barely down-weights), which
-the noise protocols may not favour. ``hidden``, the decay schedule and the temperatures
+label noise: it chose an ``isolated_weight`` near 1 (isolation barely down-weights) and a
+``beta_min`` above 1/2, where the given label always keeps the largest share of its soft
+target, so label correction re-weights but never flips a label. The noise protocols may not
+favour either. ``hidden``, the decay schedule and the temperatures
 are the re-implementation's own, not tuned.
 """
 import torch
