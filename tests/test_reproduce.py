@@ -36,13 +36,20 @@ def register_methods(register):
 
 @pytest.fixture(scope="module")
 def committed(tmp_path_factory, cache_dir):
-    """A small grid run and exported like the committed leaderboards."""
+    """A small grid run and exported like the committed leaderboards; dsh's settings come
+    from a tuned config, as the default grid's do (its selection rule is in the spec)."""
     work = tmp_path_factory.mktemp("reproduce")
+    config = work / "tuned.yaml"
+    config.write_text("hparams: {dsh: {alpha: 0.02, lr: 0.05}}\n"
+                      "selection: {dsh: {objective: map_tie_aware, trials: 2, best_value: 0.5}}\n")
     result = run_cli("run", "--methods", "lsh,itq,dsh", *TINY, "--bits", "8", "--seeds", "0,1",
-                     "--out", work / "results", "--cache-dir", cache_dir)
+                     "--out", work / "results", "--cache-dir", cache_dir, "--config", config)
     assert result.returncode == 0, result.stdout + result.stderr
     board = run_cli("leaderboard", "--results", work / "results", "--out", work / "board")
     assert board.returncode == 0, board.stderr
+    records = [json.loads(line) for line in (work / "board" / "records.jsonl").open()]
+    assert all(r["spec"].get("selection", {}).get("trials") == (2 if r["method"] == "dsh" else None)
+               for r in records)
     return work / "board" / "records.jsonl"
 
 

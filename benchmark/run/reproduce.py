@@ -72,6 +72,18 @@ def stored_hparams(spec: dict) -> dict:
     return {**spec.get("hparams", {}), **train, **optimizer}
 
 
+def selection_config(spec: dict, out: Path) -> Path | None:
+    """A record made from a tuned config carries its selection rule (``spec.selection``):
+    a one-method config file holding it, so the re-run's spec records the same rule."""
+    if not spec.get("selection"):
+        return None
+    import yaml
+    path = Path(out) / f"selection-{spec['method']}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"selection": {spec["method"]: spec["selection"]}}))
+    return path
+
+
 def request_for(record: dict, out: Path, data_root, cache_dir) -> GridRequest:
     """The one-run grid request that produced ``record``."""
     spec = record["spec"]
@@ -84,6 +96,7 @@ def request_for(record: dict, out: Path, data_root, cache_dir) -> GridRequest:
                        seeds=[spec["seed"]], regime=spec["regime"], backbone=spec["backbone"],
                        input_size=spec["input_size"],
                        hparams={spec["method"]: stored_hparams(spec)},
+                       config=selection_config(spec, out),
                        max_classes=int(first) if first.isdigit() else None, data_root=data_root,
                        out=out, overwrite="always", cache_dir=cache_dir, progress=False,
                        noise=protocol.get("noise"), long_tail=protocol.get("long_tail"),
