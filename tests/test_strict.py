@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmark.eval.metrics import evaluate_codes
-from tests.conftest import ROOT, make_plugin_dist, run_cli
+from tests.conftest import ROOT, listed_methods, make_plugin_dist, run_cli
 
 TINY = ["--dataset", "synthetic-fg", "--max-classes", "6", "--input-size", "32", "--epochs", "2",
         "--bits", "8", "--no-progress"]
@@ -220,10 +220,11 @@ def test_plugin_name_clashes_and_bad_hooks_fail_only_the_newcomer(tmp_path, cach
     assert "RuntimeError: hook broke" in failed["raiser"]
     assert "not a HashMethod subclass" in failed["notamethod"]
     assert "method name 'None'" in failed["notaclass"]  # a string has no `name`
-    assert not any(l.split()[0] in ("named", "x", "y") for l in lines)
+    methods = listed_methods(listing.stdout)
+    assert not {"named", "x", "y"} & set(methods)
     for name in ("lsh", "itq"):
-        assert any(l.split()[0] == name and "fghashbench" in l for l in lines), lines
-    assert any(l.split()[0] == "dup" and "dupa-dist" in l for l in lines), lines
+        assert methods[name][3].startswith("fghashbench"), lines
+    assert methods["dup"][3].startswith("dupa-dist"), lines
     out = tmp_path / "results"
     ran = run_cli("run", "--methods", "lsh,itq,dup", *TINY, "--out", out, "--cache-dir", cache_dir, env=env)
     assert ran.returncode == 0, ran.stderr
