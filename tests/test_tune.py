@@ -66,6 +66,7 @@ def test_tune_gives_every_method_the_same_budget_and_a_config_run_takes(tmp_path
     best = chosen["dsh"]["selection"]["best_value"]
     assert (f"hyperparameters tuned: 2 trials on synthetic-fg validation (val_frac 0.25, 8 bits, "
             f"at most 1 epochs), best val map_tie_aware {best}") in page
+    assert "marked *" not in page  # its records name the defaults: only non-default values shown
 
 
 def test_tuning_never_opens_the_test_split(tmp_path, monkeypatch):

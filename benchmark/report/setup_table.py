@@ -91,8 +91,7 @@ def render_setup(records: list[dict]) -> str:
     rows = [[escape(label)] + [escape(" / ".join(sorted(slot))) for slot in slots]
             for label, slots in sorted(facts.items())]
     header = ["Method", "Selection", "Epochs", "Optimiser", "LR", "Batch", "Hyperparameters (non-default)"]
-    starred = any(non_default_hparams(r) is None and (r.get("spec") or {}).get("hparams")
-                  for r in records)
+    starred = any(text.endswith(" *") for slots in facts.values() for text in slots[5])
     return ("Training setup (from the records" + ("; hyperparameters marked * are every resolved "
             "value, the records not naming the defaults" if starred else "") + "):\n\n"
             + table(header, rows))
