@@ -1,7 +1,8 @@
 """Stage-map methods before and after the issue #17 speed-ups, timed in one run on the same
 inputs: each method's old code (checked out of git at ``BASE`` into temporary modules at run
-time, with the harness's old feature reads and training batches) and its current code train
-and encode on the cub100 feature cache, one after the other, in this process.
+time, with the harness's old feature reads, training batches and process settings) and its
+current code train and encode on the cub100 feature cache, one after the other, each in a
+fresh child process (process-wide settings such as the allocator's stay with their side).
 
     OMP_NUM_THREADS=1 python benchmarks/stage_map_speed.py [--methods cmbh,thesis-ddl] \
         [--epochs 2] [--bits 32] [--repeats 1] [--data-root DIR]
@@ -18,9 +19,10 @@ factor (the same shapes, hence the same work, as the factor-2 and -4 caches).
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -37,9 +39,9 @@ from benchmark.features import lazy  # noqa: E402
 from benchmark.features.cache import extract_features  # noqa: E402
 from benchmark.features.transforms import Transform  # noqa: E402
 from benchmark.grid.protocols import Protocol, materialise  # noqa: E402
-from benchmark.run import loop  # noqa: E402
+from benchmark.method import _constructor_defaults  # noqa: E402
+from benchmark.run import loop, method_run  # noqa: E402
 from benchmark.run.inputs import FrozenInputs, train_factors  # noqa: E402
-from benchmark.run.method_run import run_method  # noqa: E402
 
 BASE = "35fcf3a"  # the last commit before the speed-ups
 #: plugin modules checked out at BASE, in import order (later ones import earlier ones)
@@ -76,26 +78,18 @@ def old_module(name: str) -> types.ModuleType:
     return module
 
 
-@contextlib.contextmanager
-def old_code():
-    """The plugins of ``OLD_PLUGINS``, ``features.lazy.read_rows`` and
-    ``TrainData.batches`` as of ``BASE`` while the block runs."""
-    saved = {name: sys.modules.get(name) for name in OLD_PLUGINS}
-    read_rows, batches = lazy.read_rows, loop.TrainData.batches
-    try:
-        for name in OLD_PLUGINS:
-            sys.modules[name] = old_module(name)
-        lazy.read_rows = _old_function("benchmark/features/lazy.py", "benchmark.features", "read_rows")
-        loop.TrainData.batches = _old_function("benchmark/run/loop.py", "benchmark.run",
-                                               "TrainData").batches
-        yield
-    finally:
-        lazy.read_rows, loop.TrainData.batches = read_rows, batches
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+def use_old_code() -> None:
+    """From now on in this process: the plugins of ``OLD_PLUGINS``,
+    ``features.lazy.read_rows``, ``TrainData.batches`` and the run's process settings
+    (``seed_everything``, no ``keep_freed_memory``) as of ``BASE``."""
+    for name in OLD_PLUGINS:
+        sys.modules[name] = old_module(name)
+    lazy.read_rows = _old_function("benchmark/features/lazy.py", "benchmark.features", "read_rows")
+    loop.TrainData.batches = _old_function("benchmark/run/loop.py", "benchmark.run",
+                                           "TrainData").batches
+    method_run.seed_everything = _old_function("benchmark/run/loop.py", "benchmark.run",
+                                               "seed_everything")
+    method_run.keep_freed_memory = lambda: False
 
 
 def _old_function(path: str, package: str, attribute: str):
@@ -122,13 +116,40 @@ def warm_page_cache(features) -> None:
                 pass
 
 
-def timed(cls, source, dataset, split, bits: int, epochs: int, seed: int = 0) -> dict:
-    """One ``run_method``: CPU and wall seconds, codes, loss history."""
+def timed_side(side: str, name: str, args, codes_file: str) -> dict:
+    """In this (child) process: one ``run_method`` of ``name``'s ``side`` code on cub100,
+    both sides with the current code's defaults (the constructor keywords the old class
+    accepts, the current training config); CPU and wall seconds and the loss history, the
+    codes written to ``codes_file``."""
+    current = method_class(name)
+    settings, config = _constructor_defaults(current), current.train_config
+    if side == "old":
+        use_old_code()
+    cls = method_class(name)
+    accepted = _constructor_defaults(cls)
+    hparams = {k: v for k, v in settings.items() if k in accepted}
+    dataset = build_dataset("cub100", data_root=args.data_root)
+    features = extract_features(dataset, transform=Transform(224), progress=False)
+    warm_page_cache(features)
+    split = materialise(dataset.labels, dataset.is_train, dataset.num_classes, Protocol(), 0)
+    method_run.seed_everything(0)  # its first call imports torch's compiler stack: not timed
+    source = FrozenInputs(cls, split, {f: features for f in {1, *train_factors(cls)}})
     cpu, wall = time.process_time(), time.perf_counter()
-    result = run_method(cls, {}, source, dataset.labels, dataset.num_classes, bits, seed,
-                        epochs=epochs)
-    return {"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall,
-            "codes": result["codes"], "history": result["history"]}
+    result = method_run.run_method(cls, hparams, source, dataset.labels, dataset.num_classes,
+                                   args.bits, 0, epochs=args.epochs, train=config)
+    timing = {"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall,
+              "history": result["history"]}
+    np.savez(codes_file, **result["codes"])
+    return timing
+
+
+def child(side: str, name: str, args, codes_file: str) -> dict:
+    """``timed_side`` in a fresh Python process."""
+    command = [sys.executable, __file__, "--side", side, "--methods", name, "--epochs",
+               str(args.epochs), "--bits", str(args.bits), "--data-root", args.data_root,
+               "--codes-file", codes_file]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def compare(old: dict, new: dict) -> str:
@@ -150,34 +171,31 @@ def main(argv=None) -> None:
     parser.add_argument("--bits", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "datasets"))
+    parser.add_argument("--side", choices=("old", "new"), help=argparse.SUPPRESS)
+    parser.add_argument("--codes-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    dataset = build_dataset("cub100", data_root=args.data_root)
-    features = extract_features(dataset, transform=Transform(224), progress=False)
-    warm_page_cache(features)
-    split = materialise(dataset.labels, dataset.is_train, dataset.num_classes, Protocol(), 0)
-    loop.seed_everything(0)  # its first call imports torch's compiler stack: not timed
-    print(f"cub100, {len(split.train_index)} train / {len(split.query_index)} query images, "
-          f"{args.epochs} epochs, {args.bits} bits, torch threads {torch.get_num_threads()}, "
-          f"old code = git {BASE}")
+    if args.side:  # a child: one timed run
+        print(json.dumps(timed_side(args.side, args.methods, args, args.codes_file)))
+        return
+    print(f"cub100, {args.epochs} epochs, {args.bits} bits, torch threads "
+          f"{torch.get_num_threads()}, old code = git {BASE}, each run in its own process")
     print("| method | old CPU s | new CPU s | CPU ratio | old wall s | new wall s | wall ratio |")
     print("|---|---|---|---|---|---|---|")
     notes = []
-    for name in args.methods.split(","):
-        new_cls = method_class(name)
-        by_factor = {f: features for f in {1, *train_factors(new_cls)}}
-        runs = {"old": [], "new": []}
-        for _ in range(args.repeats):
-            with old_code():
-                old_cls = method_class(name)
-                runs["old"].append(timed(old_cls, FrozenInputs(old_cls, split, by_factor),
-                                         dataset, split, args.bits, args.epochs))
-            runs["new"].append(timed(new_cls, FrozenInputs(new_cls, split, by_factor),
-                                     dataset, split, args.bits, args.epochs))
-        cpu = {k: min(r["cpu"] for r in v) for k, v in runs.items()}
-        wall = {k: min(r["wall"] for r in v) for k, v in runs.items()}
-        print(f"| {name} | {cpu['old']:.1f} | {cpu['new']:.1f} | {cpu['old'] / cpu['new']:.2f}x "
-              f"| {wall['old']:.1f} | {wall['new']:.1f} | {wall['old'] / wall['new']:.2f}x |")
-        notes.append(f"{name}: {compare(runs['old'][0], runs['new'][0])}")
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in args.methods.split(","):
+            runs = {"old": [], "new": []}
+            for repeat in range(args.repeats):
+                for side in ("old", "new"):
+                    codes_file = f"{scratch}/{name}-{side}-{repeat}.npz"
+                    runs[side].append(child(side, name, args, codes_file))
+                    runs[side][-1]["codes"] = dict(np.load(codes_file))
+            cpu = {k: min(r["cpu"] for r in v) for k, v in runs.items()}
+            wall = {k: min(r["wall"] for r in v) for k, v in runs.items()}
+            print(f"| {name} | {cpu['old']:.1f} | {cpu['new']:.1f} | {cpu['old'] / cpu['new']:.2f}x "
+                  f"| {wall['old']:.1f} | {wall['new']:.1f} | {wall['old'] / wall['new']:.2f}x |",
+                  flush=True)
+            notes.append(f"{name}: {compare(runs['old'][0], runs['new'][0])}")
     print("\n".join(notes))
 
 

@@ -188,6 +188,44 @@ def test_cmbh_crop_equals_roi_align():
     assert torch.allclose(crop(maps, boxes, (3, 3)), expected, atol=1e-5)
 
 
+def test_cmbh_crop_gradient_equals_grid_sample_and_is_channels_last():
+    torch.manual_seed(0)
+    maps = torch.randn(2, 3, 8, 8, requires_grad=True)
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.25, 0.125, 1.0, 0.875]],
+                          [[0.125, 0.5, 0.625, 1.0], [0.0, 0.0, 1.0, 1.0]]])
+    theta = torch.zeros(4, 2, 3)  # the same crops through affine_grid + grid_sample
+    x1, y1, x2, y2 = (boxes.reshape(-1, 4) * 2 - 1).unbind(1)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = \
+        (x2 - x1) / 2, (x1 + x2) / 2, (y2 - y1) / 2, (y1 + y2) / 2
+    grid = F.affine_grid(theta, (4, 3, 3, 3), align_corners=False)
+    expected = F.grid_sample(maps.repeat_interleave(2, 0), grid, padding_mode="border",
+                             align_corners=False)
+    weights = torch.randn(4, 3, 3, 3)
+    got = crop(maps, boxes, (3, 3))
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got, expected, atol=1e-6)
+    grads = [torch.autograd.grad((t * weights).sum(), maps)[0] for t in (got, expected)]
+    assert torch.allclose(*grads, atol=1e-6)
+
+
+def test_cmbh_region_boxes_once_per_position_for_frozen_maps_every_step_with_gradients():
+    torch.manual_seed(0)
+    method = CMBH(bits=12, num_classes=3, input_shapes=SHAPES)
+    maps = [torch.randn((6,) + SHAPES[s]) for s in ("s8", "s16", "s32")]
+    located = []
+    locate = method.locate
+    method.locate = lambda m: located.append(len(m[0])) or locate(m)
+    order = [3, 0, 1, 2]  # maps[p] is the training position p's
+    first = method.region_boxes([m[order] for m in maps], torch.tensor(order))
+    assert torch.equal(first, locate([m[order] for m in maps]))
+    again = method.region_boxes([m[[1, 4, 0]] for m in maps], torch.tensor([1, 4, 0]))
+    assert located == [4, 1]  # position 4 is new, positions 1 and 0 come from the first call
+    assert torch.equal(again, torch.stack([first[2], locate([m[4:5] for m in maps])[0], first[1]]))
+    trained = [m.requires_grad_() for m in maps]  # finetune: the backbone's outputs
+    method.region_boxes(trained, torch.arange(6))
+    assert located == [4, 1, 6]
+
+
 def test_cmbh_hash_loss_by_hand():
     method = CMBH(bits=2, num_classes=2, input_shapes=SHAPES)
     codes = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])

@@ -40,6 +40,26 @@ def test_gates_follow_the_resolution_ratio():
         assert abs(a1 - value) < 0.1 and abs(a2 - (1 - value)) < 0.1
 
 
+def test_dual_path_stage_equals_two_separate_paths():
+    torch.manual_seed(0)
+    stage = DualPathStage(5, 4, dual=True)
+    torch.manual_seed(0)
+    separate = [torch.nn.Conv2d(5, 4, 1) for _ in range(2)]  # initialised as before the merge
+    assert all(torch.equal(stage.weight[4 * k:4 * k + 4], c.weight) for k, c in enumerate(separate))
+    for size in (3, 1):  # a map, and the 1x1 map of the pooled stage (a linear layer)
+        x = torch.randn(6, 5, size, size)
+        fused, gates = stage(x)
+        norms = [torch.nn.BatchNorm2d(4) for _ in separate]
+        paths = [F.relu(n(F.conv2d(x, stage.weight[4 * k:4 * k + 4], stage.bias[4 * k:4 * k + 4])))
+                 for k, n in enumerate(norms)]
+        expected = torch.cat([g(p.mean((2, 3))) for g, p in zip(stage.gates, paths)], 1)
+        assert torch.allclose(gates, expected, atol=1e-6)
+        assert torch.allclose(fused, expected[:, :1, None, None] * paths[0]
+                              + expected[:, 1:, None, None] * paths[1], atol=1e-5)
+        assert torch.allclose(stage.norm.running_var[:4], norms[0].running_var, atol=1e-6)
+        stage.norm.reset_running_stats()
+
+
 def test_gate_loss_by_hand_and_single_path_has_no_gates():
     gates = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
     # MSE(a1, r) = ((1-1)^2 + (0.5-0.25)^2)/2, MSE(a2, 1-r) = ((0-0)^2 + (0.5-0.75)^2)/2

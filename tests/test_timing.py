@@ -52,3 +52,23 @@ def test_records_carry_the_breakdown_and_seeds_share_one_profile(tmp_path, cache
         shared = {k: v for k, v in reused[0]["efficiency"].items() if k != "profile_reused"}
         assert shared == fresh["efficiency"]
         assert np.isfinite(shared["encode_latency_ms"])
+
+
+def test_runs_keep_freed_memory_on_glibc_so_a_repeated_tensor_reuses_its_pages():
+    import platform
+    import resource
+
+    import torch
+
+    from benchmark.run.process import keep_freed_memory
+    if platform.libc_ver()[0] != "glibc":
+        assert keep_freed_memory() is False
+        return
+    assert keep_freed_memory() is True
+    pages = (16 << 20) // resource.getpagesize()  # a 16 MiB tensor, written whole each time
+    torch.empty(16 << 18).fill_(1.0)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        torch.empty(16 << 18).fill_(1.0)
+    # without the setting: 28,669 faults here (35% of the 20 tensors' pages)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < 2 * pages  # < 10%

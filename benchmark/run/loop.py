@@ -32,6 +32,10 @@ def seed_everything(seed: int) -> None:
     # cuBLAS is deterministic only with a fixed workspace (read when CUDA first uses it)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # deterministic mode also fills every new tensor with NaN (a debugging aid that writes
+    # each allocation once more); no kernel reads memory it has not written, so the values
+    # are the same without it
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def overrides(method, hook: str) -> bool:

@@ -28,6 +28,7 @@ from ..errors import BenchmarkError
 from ..eval.metrics import evaluate_codes
 from .encode import encode_all, encode_database_all, real_valued_all
 from .loop import epoch_data, method_view, seed_everything, train
+from .process import keep_freed_memory
 
 
 def state_digest(module: torch.nn.Module) -> dict[str, str]:
@@ -143,6 +144,7 @@ def run_method(method_cls, hparams: dict, source, labels: np.ndarray, num_classe
     ``epoch_log`` receives each epoch's loss components and time (``loop.train``);
     ``checkpoint`` resumes and saves training (``run.checkpoint``)."""
     seed_everything(seed)
+    keep_freed_memory()
     split, device = source.split, source.device
     shapes = source.shapes()
     method = method_cls(bits=bits, num_classes=num_classes, input_shapes=shapes, **hparams).to(device)

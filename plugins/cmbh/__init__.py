@@ -39,7 +39,8 @@ stage maps, and
   a linear probe on the training images classifies far worse than s32;
 * the image crops of Algorithm 1 become bilinear crops of the cached maps at half each
   stage's resolution (a crop of a frozen map holds no more detail than its cells), computed
-  with ``grid_sample`` exactly as ``roi_align(aligned=True, sampling_ratio=1)`` would;
+  as two interpolation-matrix products, exactly as ``roi_align(aligned=True,
+  sampling_ratio=1)`` would; each training image's boxes are found once (its maps are fixed);
 * lr 3.2e-3 for 21 epochs without the x0.1 step (the paper: lr 1e-3 for 100 epochs, step at
   70). With ``--regime finetune`` the defaults are the paper's recipe (``regime_hparams``):
   lr 1e-3, 100 epochs, lr x0.1 after epoch 70 (``schedule = "step:70:0.1"``).
@@ -108,21 +109,34 @@ def locate_regions(activation: torch.Tensor, count: int = 4) -> torch.Tensor:
     return torch.stack(boxes, dim=1)
 
 
+def sample_weights(low: torch.Tensor, high: torch.Tensor, cells: int, size: int) -> torch.Tensor:
+    """(N, cells, size) linear-interpolation weights of ``cells`` samples at the centres of
+    equal parts of [low, high] (N fractions of an axis of ``size`` cells), positions clamped
+    to the axis (``grid_sample``'s border padding, ``align_corners=False``)."""
+    centres = (torch.arange(cells, device=low.device, dtype=low.dtype) + 0.5) / cells
+    position = ((low[:, None] + (high - low)[:, None] * centres) * size - 0.5).clamp(0, size - 1)
+    left = position.floor()
+    right_share = position - left
+    left = left.long()
+    weights = torch.zeros(len(low), cells, size, device=low.device, dtype=low.dtype)
+    weights.scatter_add_(2, left[..., None], (1 - right_share)[..., None])
+    return weights.scatter_add_(2, (left + 1).clamp(max=size - 1)[..., None], right_share[..., None])
+
+
 def crop(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear crops of (B, C, H, W) maps: ``boxes`` (B, R, 4) in [0, 1] image fractions
-    (x1, y1, x2, y2) -> (B * R, C, *size), one sample at each output cell's centre
-    (= ``torchvision.ops.roi_align(aligned=True, sampling_ratio=1)``). A sample's R crops
-    are sampled in one ``grid_sample`` call as R grids stacked along the output's height."""
+    (x1, y1, x2, y2) -> (B * R, C, *size) channels-last, one sample at each output cell's
+    centre (= ``torchvision.ops.roi_align(aligned=True, sampling_ratio=1)``). Bilinear
+    sampling of an axis-aligned box is separable: crop = W_y . map . W_x^T, two matrix
+    products per crop."""
     batch, regions = boxes.shape[:2]
-    x1, y1, x2, y2 = (boxes.reshape(-1, 4) * 2 - 1).unbind(1)  # to grid_sample's [-1, 1]
-    theta = torch.zeros(batch * regions, 2, 3, device=boxes.device)
-    theta[:, 0, 0], theta[:, 0, 2] = (x2 - x1) / 2, (x1 + x2) / 2
-    theta[:, 1, 1], theta[:, 1, 2] = (y2 - y1) / 2, (y1 + y2) / 2
-    grid = F.affine_grid(theta, (batch * regions, maps.shape[1]) + tuple(size), align_corners=False)
-    grid = grid.reshape(batch, regions * size[0], size[1], 2).to(maps.dtype)
-    out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.reshape(batch, maps.shape[1], regions, *size).transpose(1, 2).reshape(
-        batch * regions, maps.shape[1], *size)
+    channels, height, width = maps.shape[1:]
+    x1, y1, x2, y2 = boxes.reshape(-1, 4).to(maps.dtype).unbind(1)
+    rows = sample_weights(y1, y2, size[0], height).view(batch, regions * size[0], height)
+    cols = sample_weights(x1, x2, size[1], width)                     # (B * R, w, W)
+    pixels = maps.permute(0, 2, 3, 1).reshape(batch, height, width * channels)
+    picked = (rows @ pixels).view(batch * regions, size[0], width, channels)
+    return (cols[:, None] @ picked).permute(0, 3, 1, 2)              # (B * R, C, h, w)
 
 
 def activation_map(maps: list[torch.Tensor], positive: bool = True) -> torch.Tensor:
@@ -148,10 +162,14 @@ class StageEncoder(nn.Module):
         self.fc = nn.Linear(width, dim)
 
     def reduce(self, x):
-        return self.convs[0](x)
+        """The 1x1 convolution, channels-last (the same values; the convolutions, batch
+        norms and crops that follow run several times faster in that layout on a CPU)."""
+        return self.convs[0](x.contiguous(memory_format=torch.channels_last))
 
     def head(self, reduced):
-        return self.fc(self.convs[1:](reduced).amax(dim=(2, 3)))
+        """The rest of N_sub-j; global max pooling by ``adaptive_max_pool2d``, whose
+        gradient goes to the maximum's index (``amax``'s builds a mask of the whole map)."""
+        return self.fc(F.adaptive_max_pool2d(self.convs[1:](reduced), 1).flatten(1))
 
     def forward(self, x):
         return self.head(self.reduce(x))
@@ -184,6 +202,7 @@ class CMBH(HashMethod):
         self.stage_classifiers = nn.ModuleList(                         # N_cls-j (train only)
             nn.Linear(dim, num_classes) for _ in STAGES)
         self.previous = None  # (b^(t-1), c^(t-1), S^p ratio, labels): training state
+        self.boxes = None     # Algorithm 1's boxes per training position (frozen maps)
 
     # --- the inference path: N_sub-l, matching, W_h ------------------------------------
     def matching(self, f):
@@ -251,15 +270,35 @@ class CMBH(HashMethod):
         return [sub.reduce(x) if self.layers or j == self.l else None
                 for j, (sub, x) in enumerate(zip(self.sub, maps))]
 
-    def region_maps(self, maps, reduced):
-        """Algorithm 1 boxes on the stage ``maps`` -> bilinear crops at half each stage's
-        resolution of the ``reduced`` maps: the first convolution is 1x1 without bias, so
-        cropping its output equals convolving the crops of the input."""
+    def region_boxes(self, maps, indices):
+        """Algorithm 1's boxes (B, M, 4) in image fractions. They depend on the stage maps
+        alone, so maps without gradients (the frozen regime's cached outputs, the same at a
+        training position every epoch) have them computed once per position."""
+        if any(m.requires_grad for m in maps):  # finetune: the maps change with the backbone
+            return self.locate(maps)
+        end = int(indices.max()) + 1
+        if self.boxes is None or len(self.boxes) < end:
+            grown = torch.full((end, self.num_regions, 4), -1.0, device=maps[0].device)
+            if self.boxes is not None:
+                grown[:len(self.boxes)] = self.boxes
+            self.boxes = grown
+        missing = indices[self.boxes[indices, 0, 0] < 0]
+        if len(missing):
+            rows = torch.isin(indices, missing)
+            self.boxes[indices[rows]] = self.locate([m[rows] for m in maps])
+        return self.boxes[indices]
+
+    def locate(self, maps):
         activation = activation_map([m.detach() for m in maps], self.positive_maps)
         h, w = activation.shape[-2:]
         cells = locate_regions(activation, self.num_regions).float()
         scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=cells.device)
-        boxes = (cells + torch.tensor([0.0, 0.0, 1.0, 1.0], device=cells.device)) / scale
+        return (cells + torch.tensor([0.0, 0.0, 1.0, 1.0], device=cells.device)) / scale
+
+    def region_maps(self, boxes, reduced):
+        """Bilinear crops of the ``boxes`` at half each stage's resolution of the
+        ``reduced`` maps: the first convolution is 1x1 without bias, so cropping its output
+        equals convolving the crops of the input."""
         return [None if x is None else crop(x, boxes, (max(x.shape[-2] // 2, 1),
                                                        max(x.shape[-1] // 2, 1)))
                 for x in reduced]
@@ -278,7 +317,8 @@ class CMBH(HashMethod):
             if self.transfer:
                 losses["trans"] = trans
         if self.regions:
-            region_vectors, _ = self.class_vectors(self.region_maps(maps, reduced),
+            boxes = self.region_boxes(maps, batch["indices"])
+            region_vectors, _ = self.class_vectors(self.region_maps(boxes, reduced),
                                                    lambda t: t.amax(-1))
             cls, trans = self.semantic_losses(region_vectors,
                                               labels.repeat_interleave(self.num_regions))

@@ -58,20 +58,29 @@ def load_prompt_embeddings(kind: str) -> torch.Tensor:
 
 
 class DualPathStage(nn.Module):
-    """Two 1x1-conv paths on one input, fused by scalar gates (one path, no gates if not dual)."""
+    """Two 1x1-conv paths (conv + BN + ReLU) on one input, fused by scalar gates (one path,
+    no gates if not dual). The paths run as one convolution and one batch norm with their
+    channels side by side (batch norm is per channel: the same as separate layers); each
+    path's weights start as its own ``Conv2d`` would."""
 
     def __init__(self, in_channels: int, out_channels: int, dual: bool, gate_hidden: int = 16):
         super().__init__()
-        self.paths = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels),
-                          nn.ReLU()) for _ in range(2 if dual else 1))
+        paths = [nn.Conv2d(in_channels, out_channels, 1) for _ in range(2 if dual else 1)]
+        self.out_channels = out_channels
+        self.weight = nn.Parameter(torch.cat([p.weight.detach() for p in paths]))
+        self.bias = nn.Parameter(torch.cat([p.bias.detach() for p in paths]))
+        self.norm = nn.BatchNorm2d(out_channels * len(paths))
         self.gates = nn.ModuleList(
             nn.Sequential(nn.Linear(out_channels, gate_hidden), nn.ReLU(),
                           nn.Linear(gate_hidden, 1), nn.Sigmoid()) for _ in range(2 if dual else 0))
 
     def forward(self, x):
         """Return (fused map, gates (B, 2) or None)."""
-        outputs = [path(x) for path in self.paths]
+        if x.shape[2:] == (1, 1):  # on a 1x1 map the convolution is a linear layer (faster)
+            y = F.linear(x.flatten(1), self.weight.flatten(1), self.bias)[:, :, None, None]
+        else:
+            y = F.conv2d(x, self.weight, self.bias)
+        outputs = F.relu(self.norm(y)).split(self.out_channels, dim=1)
         if not self.gates:
             return outputs[0], None
         gates = torch.cat([g(f.mean((2, 3))) for g, f in zip(self.gates, outputs)], 1)

@@ -1,0 +1,37 @@
+"""Process-wide settings a training run needs, applied by ``run_method`` before every run.
+
+glibc's ``malloc`` serves blocks of 128 KiB and more with their own ``mmap`` and trims free
+memory off the top of the heap. A training step allocates and frees tensors of one to tens
+of MiB each (stage-map batches, activations, gradients), so every such tensor lands in fresh
+pages that the kernel faults in one 4 KiB page at a time, step after step (measured: 1.6
+million minor faults in two epochs of thesis-ddl). Raising both thresholds lets freed blocks
+be reused by the next step. Values do not change; the heap keeps up to ``TRIM_THRESHOLD``
+of free memory instead of returning it to the system. Other C libraries are left as they are.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 128 << 20
+TRIM_THRESHOLD = 512 << 20
+
+
+def _glibc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version  # noqa: B018 - present in glibc only
+        return libc
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's mmap and trim thresholds (see the module docstring); False elsewhere."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
+        bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
