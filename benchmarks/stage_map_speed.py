@@ -5,11 +5,11 @@ current code train and encode on the cub100 feature cache, one after the other, 
 fresh child process (process-wide settings such as the allocator's stay with their side).
 
     OMP_NUM_THREADS=1 python benchmarks/stage_map_speed.py [--methods cmbh,thesis-ddl] \
-        [--epochs 2] [--bits 32] [--repeats 1] [--data-root DIR]
+        [--epochs N] [--bits 32] [--repeats 1] [--data-root DIR]
 
-Each timing is one ``run.method_run.run_method`` (construct, ``--epochs`` epochs of training
-with the method's own ``on_epoch_start``, ``on_train_end``, encoding the database and the
-queries): process CPU seconds and wall seconds, and their old/new ratios. On a shared
+Each timing is one ``run.method_run.run_method`` (construct, train for ``--epochs`` epochs,
+default the method's own, with its ``on_epoch_start`` and ``on_train_end``, encode the
+database and the queries): process CPU seconds and wall seconds, and their old/new ratios. On a shared
 machine the CPU seconds are the steadier measure. The query and database codes of both are
 compared (share of equal bits, tie-aware mAP of each): the changes are meant to move
 numbers by float rounding only, which a trained network may still amplify into some
@@ -145,9 +145,9 @@ def timed_side(side: str, name: str, args, codes_file: str) -> dict:
 
 def child(side: str, name: str, args, codes_file: str) -> dict:
     """``timed_side`` in a fresh Python process."""
-    command = [sys.executable, __file__, "--side", side, "--methods", name, "--epochs",
-               str(args.epochs), "--bits", str(args.bits), "--data-root", args.data_root,
-               "--codes-file", codes_file]
+    command = [sys.executable, __file__, "--side", side, "--methods", name, "--bits",
+               str(args.bits), "--data-root", args.data_root, "--codes-file", codes_file,
+               *(["--epochs", str(args.epochs)] if args.epochs else [])]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -167,7 +167,7 @@ def compare(old: dict, new: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="cmbh,thesis-ddl")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, help="default: each method's own")
     parser.add_argument("--bits", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "datasets"))
@@ -177,7 +177,7 @@ def main(argv=None) -> None:
     if args.side:  # a child: one timed run
         print(json.dumps(timed_side(args.side, args.methods, args, args.codes_file)))
         return
-    print(f"cub100, {args.epochs} epochs, {args.bits} bits, torch threads "
+    print(f"cub100, {args.epochs or 'each method’s own'} epochs, {args.bits} bits, torch threads "
           f"{torch.get_num_threads()}, old code = git {BASE}, each run in its own process")
     print("| method | old CPU s | new CPU s | CPU ratio | old wall s | new wall s | wall ratio |")
     print("|---|---|---|---|---|---|---|")
