@@ -12,6 +12,7 @@ from benchmark.cli import main
 from benchmark.report import files as exports
 from benchmark.report.markdown import confined, escape, safe_name
 from benchmark.report.tables import render_table
+from benchmark.store.sqlite import ResultStore
 from tests.conftest import make_plugin_dist, run_cli
 from tests.test_cli import RAISES_MID_RUN, TINY
 from tests.test_leaderboards import fake_record
@@ -86,6 +87,10 @@ def test_profile_re_measures_in_one_process_and_the_table_says_so(failing_grid, 
     code, stdout, err = cli(capsys, "profile", "--results", out)
     assert code == 0, err
     assert "re-profiled 4 runs" in stdout and "DIFFER" not in stdout
+    first = {r["run_id"]: r["efficiency"]["at_run"] for r in ResultStore(out / "results.sqlite").records("ok")}
+    assert cli(capsys, "profile", "--results", out)[0] == 0  # a second time keeps the run's own
+    assert {r["run_id"]: r["efficiency"]["at_run"]
+            for r in ResultStore(out / "results.sqlite").records("ok")} == first
     board = tmp_path / "board"
     assert cli(capsys, "leaderboard", "--results", out, "--out", board)[0] == 0
     records = [json.loads(l) for l in (board / "records.jsonl").read_text().splitlines()]

@@ -156,8 +156,10 @@ def profile_record(record: dict, entry, num_classes: int, results: Path | None,
     counts = profile_inference(method, method_shapes, spec["backbone"], size)
     db, queries, source = codes_for(record, results)
     eff = dict(record.get("efficiency") or {})
-    at_run = {k: eff.pop(k) for k in TIMINGS if k in eff and k != "search_db"}
-    at_run["hardware"] = (record.get("provenance") or {}).get("hardware")
+    at_run = eff.get("at_run")  # profiled before: the run's own timings are kept there
+    if at_run is None:
+        at_run = {k: eff.pop(k) for k in TIMINGS if k in eff and k != "search_db"}
+        at_run["hardware"] = (record.get("provenance") or {}).get("hardware")
     eff.update(encode_timings(method, backbone, method_shapes, size, batch_seconds))
     eff.update(search_timings(db, queries, "search_latency"))
     eff.update(search_timings(replicated(db), queries, "search_1m_latency"))
