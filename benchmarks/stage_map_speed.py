@@ -39,7 +39,7 @@ from benchmark.features import lazy  # noqa: E402
 from benchmark.features.cache import extract_features  # noqa: E402
 from benchmark.features.transforms import Transform  # noqa: E402
 from benchmark.grid.protocols import Protocol, materialise  # noqa: E402
-from benchmark.method import _constructor_defaults  # noqa: E402
+from benchmark.method import hparam_defaults, split_hparams  # noqa: E402
 from benchmark.run import loop, method_run  # noqa: E402
 from benchmark.run.inputs import FrozenInputs, train_factors  # noqa: E402
 
@@ -121,13 +121,12 @@ def timed_side(side: str, name: str, args, codes_file: str) -> dict:
     both sides with the current code's defaults (the constructor keywords the old class
     accepts, the current training config); CPU and wall seconds and the loss history, the
     codes written to ``codes_file``."""
-    current = method_class(name)
-    settings, config = _constructor_defaults(current), current.train_config
+    settings = hparam_defaults(method_class(name))
     if side == "old":
         use_old_code()
     cls = method_class(name)
-    accepted = _constructor_defaults(cls)
-    hparams = {k: v for k, v in settings.items() if k in accepted}
+    known = hparam_defaults(cls)  # the old class may not have every current hyperparameter
+    hparams, config = split_hparams(cls, {k: v for k, v in settings.items() if k in known})
     dataset = build_dataset("cub100", data_root=args.data_root)
     features = extract_features(dataset, transform=Transform(224), progress=False)
     warm_page_cache(features)
@@ -189,7 +188,8 @@ def main(argv=None) -> None:
                 for side in ("old", "new"):
                     codes_file = f"{scratch}/{name}-{side}-{repeat}.npz"
                     runs[side].append(child(side, name, args, codes_file))
-                    runs[side][-1]["codes"] = dict(np.load(codes_file))
+            for side in runs:  # the first repeat's codes are compared
+                runs[side][0]["codes"] = dict(np.load(f"{scratch}/{name}-{side}-0.npz"))
             cpu = {k: min(r["cpu"] for r in v) for k, v in runs.items()}
             wall = {k: min(r["wall"] for r in v) for k, v in runs.items()}
             print(f"| {name} | {cpu['old']:.1f} | {cpu['new']:.1f} | {cpu['old'] / cpu['new']:.2f}x "

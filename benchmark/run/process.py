@@ -11,27 +11,19 @@ of free memory instead of returning it to the system. Other C libraries are left
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 128 << 20
 TRIM_THRESHOLD = 512 << 20
 
 
-def _glibc():
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        libc.gnu_get_libc_version  # noqa: B018 - present in glibc only
-        return libc
-    except (OSError, AttributeError, TypeError):
-        return None
-
-
+@functools.cache
 def keep_freed_memory() -> bool:
-    """Set glibc's mmap and trim thresholds (see the module docstring); False elsewhere."""
-    libc = _glibc()
-    if libc is None:
+    """Set glibc's mmap and trim thresholds once per process (see the module docstring);
+    False under another C library."""
+    libc = ctypes.CDLL(None)  # the C library this process already runs on
+    if not hasattr(libc, "gnu_get_libc_version"):
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
         bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
