@@ -11,8 +11,8 @@ from torch.nn import functional as F
 
 from tests.conftest import run_cli
 from benchmark.features.torchvision_compat import import_torchvision
-from plugins.a2net import A2Net, adsh_losses, balanced_similarity, decorrelation_loss, \
-    solve_dcc
+from plugins.a2net import A2Net, Generator, adsh_losses, balanced_similarity, \
+    decorrelation_loss, solve_dcc
 from plugins.cmbh import (CMBH, CMBHBase, CMBHLayers, CMBHLayersTransfer, activation_map, crop,
                           locate_regions)
 from plugins.csq import csq_loss, hadamard, hash_centres
@@ -148,6 +148,20 @@ def test_a2net_local_features_equal_attended_maps_through_the_shared_stage():
         x = method.features(inputs)
     assert torch.allclose(x[:, :direct[0].numel()], direct.flatten(1), atol=1e-5)
 
+
+
+def test_a2netpp_generator_equals_its_transposed_convolutions_with_gradients():
+    torch.manual_seed(0)
+    generator = Generator(in_dim=6, seed_hw=(3, 2), out_channels=5, dim=8)
+    x = torch.randn(4, 6)
+    fast = generator(x)
+    direct = generator.net(generator.encoder(x)[:, :, None, None])
+    assert fast.shape == (4, 5, 12, 8)
+    assert torch.allclose(fast, direct, atol=1e-5)
+    weight = generator.net[0].weight
+    g_fast, = torch.autograd.grad(fast.square().sum(), weight)
+    g_direct, = torch.autograd.grad(direct.square().sum(), weight)
+    assert torch.allclose(g_fast, g_direct, atol=1e-4)
 
 CONSTRUCTED = torch.zeros(7, 7)
 CONSTRUCTED[1:3, 1:3] = 1.0    # strongest blob

@@ -87,7 +87,11 @@ class Generator(nn.Module):
             nn.ConvTranspose2d(64, out_channels, 4, 2, 1))
 
     def forward(self, x):
-        return self.net(self.encoder(x)[:, :, None, None])
+        """The first transposed convolution reads a 1x1 map, so it is a matrix product with
+        its weight (C_in, C_out * h * w): the same values, without the convolution kernel."""
+        seed = self.net[0].weight
+        first = (self.encoder(x) @ seed.flatten(1)).view(len(x), *seed.shape[1:])
+        return self.net[1:](first)
 
 
 class A2Net(HashMethod):
@@ -124,10 +128,13 @@ class A2Net(HashMethod):
         self.database = self.labels = None  # ADSH training state
 
     def features(self, inputs):
-        mid = inputs["s16"]
-        maps = self.attention(mid)                                   # (B, M, h, w)
-        local = torch.einsum("bmhw,bchw->bmc", maps, F.relu(self.local_stage(mid)))
-        local = local / (mid.shape[-2] * mid.shape[-1])               # GAP
+        """x = [GAP(a_m (.) ReLU(conv F)) for m, f_g]. The middle stage runs channels-last,
+        where its convolutions are faster on a CPU, and GAP(a_m (.) R) over all m is one
+        product (B, M, hw) @ (B, hw, C) with R read in that layout."""
+        mid = inputs["s16"].contiguous(memory_format=torch.channels_last)
+        maps = self.attention(mid).flatten(2)                        # (B, M, hw)
+        local = F.relu(self.local_stage(mid)).permute(0, 2, 3, 1).flatten(1, 2)  # (B, hw, C)
+        local = maps @ local / maps.shape[-1]                        # GAP
         glob = self.global_stage(inputs["s32"]).mean(dim=(2, 3))
         return torch.cat([local.flatten(1), glob], dim=1)
 
