@@ -149,7 +149,6 @@ def test_a2net_local_features_equal_attended_maps_through_the_shared_stage():
     assert torch.allclose(x[:, :direct[0].numel()], direct.flatten(1), atol=1e-5)
 
 
-
 def test_a2netpp_generator_equals_its_transposed_convolutions_with_gradients():
     torch.manual_seed(0)
     generator = Generator(in_dim=6, seed_hw=(3, 2), out_channels=5, dim=8)
@@ -162,6 +161,7 @@ def test_a2netpp_generator_equals_its_transposed_convolutions_with_gradients():
     g_fast, = torch.autograd.grad(fast.square().sum(), weight)
     g_direct, = torch.autograd.grad(direct.square().sum(), weight)
     assert torch.allclose(g_fast, g_direct, atol=1e-4)
+
 
 CONSTRUCTED = torch.zeros(7, 7)
 CONSTRUCTED[1:3, 1:3] = 1.0    # strongest blob

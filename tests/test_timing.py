@@ -54,21 +54,28 @@ def test_records_carry_the_breakdown_and_seeds_share_one_profile(tmp_path, cache
         assert np.isfinite(shared["encode_latency_ms"])
 
 
-def test_runs_keep_freed_memory_on_glibc_so_a_repeated_tensor_reuses_its_pages():
+def test_runs_keep_freed_memory_on_glibc_so_a_freed_block_is_reused():
+    import ctypes
     import platform
     import resource
-
-    import torch
 
     from benchmark.run.process import keep_freed_memory
     if platform.libc_ver()[0] != "glibc":
         assert keep_freed_memory() is False
         return
     assert keep_freed_memory() is True
-    pages = (16 << 20) // resource.getpagesize()  # a 16 MiB tensor, written whole each time
-    torch.empty(16 << 18).fill_(1.0)
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    size = 64 << 20  # above glibc's largest dynamic mmap threshold (32 MiB): mmapped by default
+
+    def write_and_free():
+        block = libc.malloc(size)
+        ctypes.memset(block, 1, size)
+        libc.free(block)
+    write_and_free()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):
-        torch.empty(16 << 18).fill_(1.0)
-    # without the setting: 28,669 faults here (35% of the 20 tensors' pages)
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < 2 * pages  # < 10%
+    for _ in range(10):
+        write_and_free()
+    # without the setting every block is faulted in again: 163,850 faults (100% of the pages)
+    pages = 10 * size // resource.getpagesize()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < pages // 10

@@ -3,10 +3,11 @@
 glibc's ``malloc`` serves blocks of 128 KiB and more with their own ``mmap`` and trims free
 memory off the top of the heap. A training step allocates and frees tensors of one to tens
 of MiB each (stage-map batches, activations, gradients), so every such tensor lands in fresh
-pages that the kernel faults in one 4 KiB page at a time, step after step (measured: 1.6
-million minor faults in two epochs of thesis-ddl). Raising both thresholds lets freed blocks
-be reused by the next step. Values do not change; the heap keeps up to ``TRIM_THRESHOLD``
-of free memory instead of returning it to the system. Other C libraries are left as they are.
+pages that the kernel faults in one 4 KiB page at a time, step after step. Raising both
+thresholds lets freed blocks be reused by the next step (not every one: torch asks for
+aligned blocks, which a freed block of the same size does not always fit). Values do not
+change; the heap keeps up to ``TRIM_THRESHOLD`` of free memory instead of returning it to
+the system. Other C libraries are left as they are.
 """
 from __future__ import annotations
 
