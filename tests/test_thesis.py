@@ -40,22 +40,27 @@ def test_gates_follow_the_resolution_ratio():
         assert abs(a1 - value) < 0.1 and abs(a2 - (1 - value)) < 0.1
 
 
-def test_dual_path_stage_equals_two_separate_paths():
+def test_dual_path_stage_equals_two_separate_paths_on_the_concatenated_parts():
     torch.manual_seed(0)
-    stage = DualPathStage(5, 4, dual=True)
+    stage = DualPathStage((3, 2), 4, dual=True)  # a 3-channel map beside a 2-channel one
     torch.manual_seed(0)
     separate = [torch.nn.Conv2d(5, 4, 1) for _ in range(2)]  # initialised as before the merge
-    assert all(torch.equal(stage.weight[4 * k:4 * k + 4], c.weight) for k, c in enumerate(separate))
+    weight = torch.cat(list(stage.weights), dim=1)
+    assert all(torch.equal(weight[4 * k:4 * k + 4], c.weight) for k, c in enumerate(separate))
     for size in (3, 1):  # a map, and the 1x1 map of the pooled stage (a linear layer)
-        x = torch.randn(6, 5, size, size)
-        fused, gates = stage(x)
+        parts = torch.randn(6, 3, size, size), torch.randn(6, 2, size, size, requires_grad=True)
+        fused, gates = stage(*parts)
+        x = torch.cat(parts, 1)
         norms = [torch.nn.BatchNorm2d(4) for _ in separate]
-        paths = [F.relu(n(F.conv2d(x, stage.weight[4 * k:4 * k + 4], stage.bias[4 * k:4 * k + 4])))
+        paths = [F.relu(n(F.conv2d(x, weight[4 * k:4 * k + 4], stage.bias[4 * k:4 * k + 4])))
                  for k, n in enumerate(norms)]
         expected = torch.cat([g(p.mean((2, 3))) for g, p in zip(stage.gates, paths)], 1)
         assert torch.allclose(gates, expected, atol=1e-6)
-        assert torch.allclose(fused, expected[:, :1, None, None] * paths[0]
-                              + expected[:, 1:, None, None] * paths[1], atol=1e-5)
+        want = expected[:, :1, None, None] * paths[0] + expected[:, 1:, None, None] * paths[1]
+        assert torch.allclose(fused, want, atol=1e-5)
+        got_grad, = torch.autograd.grad(fused.square().sum(), parts[1])
+        want_grad, = torch.autograd.grad(want.square().sum(), parts[1])
+        assert torch.allclose(got_grad, want_grad, atol=1e-5)
         assert torch.allclose(stage.norm.running_var[:4], norms[0].running_var, atol=1e-6)
         stage.norm.reset_running_stats()
 
