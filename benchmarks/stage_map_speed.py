@@ -15,11 +15,18 @@ compared (share of equal bits, tie-aware mAP of each): the changes are meant to 
 numbers by float rounding only, which a trained network may still amplify into some
 flipped bits. Methods with ``train_resolutions`` read the factor-1 cache at every training
 factor (the same shapes, hence the same work, as the factor-2 and -4 caches).
+
+A third child gives the fp32 floor of the current code's run: its floating-point work in
+matrix products and convolutions (``torch.utils.flop_counter``; runs of 1 and 2 epochs give
+the fixed and the per-epoch part), divided by this core's fp32 matrix-product rate measured
+in that child (``fp32_rate``). No fp32 code doing that work runs faster on this core, so
+old CPU s / floor bounds what any rewrite could gain, before any memory-bound operation.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -29,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -116,11 +124,10 @@ def warm_page_cache(features) -> None:
                 pass
 
 
-def timed_side(side: str, name: str, args, codes_file: str) -> dict:
-    """In this (child) process: one ``run_method`` of ``name``'s ``side`` code on cub100,
-    both sides with the current code's defaults (the constructor keywords the old class
-    accepts, the current training config); CPU and wall seconds and the loss history, the
-    codes written to ``codes_file``."""
+def prepared(side: str, name: str, args):
+    """(class, hparams, training config, input source, dataset) of ``name``'s ``side`` code
+    on cub100, both sides with the current code's defaults (the constructor keywords the old
+    class accepts, the current training config)."""
     settings = hparam_defaults(method_class(name))
     if side == "old":
         use_old_code()
@@ -133,17 +140,63 @@ def timed_side(side: str, name: str, args, codes_file: str) -> dict:
     split = materialise(dataset.labels, dataset.is_train, dataset.num_classes, Protocol(), 0)
     method_run.seed_everything(0)  # its first call imports torch's compiler stack: not timed
     source = FrozenInputs(cls, split, {f: features for f in {1, *train_factors(cls)}})
+    return cls, hparams, config, source, dataset
+
+
+def run(prepared_run, args, epochs: int | None) -> dict:
+    cls, hparams, config, source, dataset = prepared_run
+    return method_run.run_method(cls, hparams, source, dataset.labels, dataset.num_classes,
+                                 args.bits, 0, epochs=epochs, train=config)
+
+
+def timed_side(side: str, name: str, args, codes_file: str) -> dict:
+    """In this (child) process: one run of ``name``'s ``side`` code; CPU and wall seconds
+    and the loss history, the codes written to ``codes_file``."""
+    ready = prepared(side, name, args)
     cpu, wall = time.process_time(), time.perf_counter()
-    result = method_run.run_method(cls, hparams, source, dataset.labels, dataset.num_classes,
-                                   args.bits, 0, epochs=args.epochs, train=config)
+    result = run(ready, args, args.epochs)
     timing = {"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall,
               "history": result["history"]}
     np.savez(codes_file, **result["codes"])
     return timing
 
 
-def child(side: str, name: str, args, codes_file: str) -> dict:
-    """``timed_side`` in a fresh Python process."""
+def fp32_rate(repeats: int = 3) -> float:
+    """This core's best fp32 multiply-add rate, FLOP/s: the faster of a 2048^3 matrix
+    product (MKL) and a (16384 x 1024) @ (1024 x 1024) product run as a channels-last 1x1
+    convolution (oneDNN; MKL takes a slower path on some CPUs, AMD's among them); the best
+    of ``repeats`` each."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    maps = torch.randn(64, 1024, 16, 16).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(1024, 1024, 1, 1)
+    products = {2 * 2048 ** 3: lambda: a @ b,
+                2 * maps.numel() * 1024: lambda: torch.nn.functional.conv2d(maps, weight)}
+    best = 0.0
+    for flops, product in products.items():
+        product()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            product()
+            best = max(best, flops / (time.perf_counter() - start))
+    return best
+
+
+def floor_side(name: str, args) -> dict:
+    """In this (child) process: the current code's FLOPs in a run of the timed length
+    (fixed part + per-epoch part, from runs of 1 and 2 epochs) and the matrix-product rate."""
+    ready = prepared("new", name, args)
+    counted = []
+    for epochs in (1, 2):
+        with FlopCounterMode(display=False) as counter:
+            run(ready, args, epochs)
+        counted.append(counter.get_total_flops())
+    per_epoch = counted[1] - counted[0]
+    epochs = args.epochs or ready[2].get("epochs", 1)
+    return {"flops": counted[0] - per_epoch + epochs * per_epoch, "rate": fp32_rate()}
+
+
+def child(side: str, name: str, args, codes_file: str = "") -> dict:
+    """``timed_side`` (or ``floor_side``) in a fresh Python process."""
     command = [sys.executable, __file__, "--side", side, "--methods", name, "--bits",
                str(args.bits), "--data-root", args.data_root, "--codes-file", codes_file,
                *(["--epochs", str(args.epochs)] if args.epochs else [])]
@@ -170,17 +223,18 @@ def main(argv=None) -> None:
     parser.add_argument("--bits", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "datasets"))
-    parser.add_argument("--side", choices=("old", "new"), help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=("old", "new", "floor"), help=argparse.SUPPRESS)
     parser.add_argument("--codes-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.side:  # a child: one timed run
-        print(json.dumps(timed_side(args.side, args.methods, args, args.codes_file)))
+    if args.side:  # a child: one timed run, or the floor
+        print(json.dumps(floor_side(args.methods, args) if args.side == "floor"
+                         else timed_side(args.side, args.methods, args, args.codes_file)))
         return
     print(f"cub100, {args.epochs or 'each method’s own'} epochs, {args.bits} bits, torch threads "
           f"{torch.get_num_threads()}, old code = git {BASE}, each run in its own process")
     print("| method | old CPU s | new CPU s | CPU ratio | old wall s | new wall s | wall ratio |")
     print("|---|---|---|---|---|---|---|")
-    notes = []
+    notes, floors = [], []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.methods.split(","):
             runs = {"old": [], "new": []}
@@ -196,7 +250,14 @@ def main(argv=None) -> None:
                   f"| {wall['old']:.1f} | {wall['new']:.1f} | {wall['old'] / wall['new']:.2f}x |",
                   flush=True)
             notes.append(f"{name}: {compare(runs['old'][0], runs['new'][0])}")
+            floor = child("floor", name, args)
+            seconds = floor["flops"] / floor["rate"]
+            floors.append(f"| {name} | {floor['flops'] / 1e12:.2f} | {floor['rate'] / 1e9:.0f} "
+                          f"| {seconds:.1f} | {cpu['new'] / seconds:.2f} | {cpu['old'] / seconds:.2f}x |")
     print("\n".join(notes))
+    print("\n| method | TFLOP per run (new) | fp32 GFLOP/s (best measured) | floor s "
+          "| new CPU s / floor | old CPU s / floor (bound on any rewrite) |\n|---|---|---|---|---|---|")
+    print("\n".join(floors))
 
 
 if __name__ == "__main__":
