@@ -18,15 +18,14 @@ factor (the same shapes, hence the same work, as the factor-2 and -4 caches).
 
 A third child gives the fp32 floor of the current code's run: its floating-point work in
 matrix products and convolutions (``torch.utils.flop_counter``; runs of 1 and 2 epochs give
-the fixed and the per-epoch part), divided by this core's fp32 matrix-product rate measured
-in that child (``fp32_rate``). No fp32 code doing that work runs faster on this core, so
-old CPU s / floor bounds what any rewrite could gain, before any memory-bound operation.
+the fixed and the per-epoch part), divided by the best fp32 rate measured on this core in
+that child (``fp32_rate``). Code doing that work at no more than that rate cannot beat the
+floor, memory-bound operations aside, so old CPU s / floor bounds what a rewrite could gain.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -183,7 +182,7 @@ def fp32_rate(repeats: int = 3) -> float:
 
 def floor_side(name: str, args) -> dict:
     """In this (child) process: the current code's FLOPs in a run of the timed length
-    (fixed part + per-epoch part, from runs of 1 and 2 epochs) and the matrix-product rate."""
+    (fixed part + per-epoch part, from runs of 1 and 2 epochs) and ``fp32_rate``."""
     ready = prepared("new", name, args)
     counted = []
     for epochs in (1, 2):
@@ -191,7 +190,8 @@ def floor_side(name: str, args) -> dict:
             run(ready, args, epochs)
         counted.append(counter.get_total_flops())
     per_epoch = counted[1] - counted[0]
-    epochs = args.epochs or ready[2].get("epochs", 1)
+    _, _, config, _, _ = ready
+    epochs = args.epochs or config.get("epochs", 1)
     return {"flops": counted[0] - per_epoch + epochs * per_epoch, "rate": fp32_rate()}
 
 
@@ -256,7 +256,7 @@ def main(argv=None) -> None:
                           f"| {seconds:.1f} | {cpu['new'] / seconds:.2f} | {cpu['old'] / seconds:.2f}x |")
     print("\n".join(notes))
     print("\n| method | TFLOP per run (new) | fp32 GFLOP/s (best measured) | floor s "
-          "| new CPU s / floor | old CPU s / floor (bound on any rewrite) |\n|---|---|---|---|---|---|")
+          "| new CPU s / floor | old CPU s / floor (bound on a rewrite) |\n|---|---|---|---|---|---|")
     print("\n".join(floors))
 
 
