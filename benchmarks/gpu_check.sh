@@ -5,13 +5,20 @@
 # Prints training img/s and mAP per method, writes the records into $GPU_CHECK_OUT and the
 # leaderboard into $GPU_CHECK_BOARD (its index states the epochs). Sized for under 8 minutes
 # on one H200 with 16 cores. Finished runs are kept: run it again to resume or re-print.
+# Then (issue 17) benchmarks/stage_map_speed.py on the same device: the frozen stage-map
+# methods GPU_CHECK_SPEED_METHODS (default cmbh,thesis-ddl; "none" skips it) before and after
+# the speed-ups, GPU_CHECK_SPEED_EPOCHS epochs each (default 3), old and new code on the same
+# inputs, wall-time ratios (an estimated 2 more minutes: the frozen cache extracted on 16
+# cores, 4 short runs; not measured yet). Without git history (a copied working tree) set
+# GPU_CHECK_OLD_CODE to a folder made by `git archive 35fcf3a benchmark plugins | tar -x -C DIR`.
 #
 #   benchmarks/gpu_check.sh                      # on the GPU machine, from the repository
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_DATASET=synthetic-fg GPU_CHECK_CLASSES=3 \
 #   GPU_CHECK_EPOCHS=1 GPU_CHECK_SIZE=64 benchmarks/gpu_check.sh   # a tiny CPU try (the test)
 #
 # Every setting is an environment variable: GPU_CHECK_{DATASET,CLASSES,EPOCHS,SIZE,DEVICE,
-# PRECISION,WORKERS,METHODS,BITS,OUT,BOARD}, PYTHON, BENCHMARK_DATA_ROOT.
+# PRECISION,WORKERS,METHODS,BITS,OUT,BOARD,SPEED_METHODS,SPEED_EPOCHS,OLD_CODE}, PYTHON,
+# BENCHMARK_DATA_ROOT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +35,9 @@ METHODS=${GPU_CHECK_METHODS:-cmbh,a2netpp,csq,dsh,thesis-sld}
 BITS=${GPU_CHECK_BITS:-32}
 OUT=${GPU_CHECK_OUT:-results/gpu_check}
 BOARD=${GPU_CHECK_BOARD:-leaderboards/finetune}
+SPEED_METHODS=${GPU_CHECK_SPEED_METHODS:-cmbh,thesis-ddl}
+SPEED_EPOCHS=${GPU_CHECK_SPEED_EPOCHS:-3}
+OLD_CODE=${GPU_CHECK_OLD_CODE:-}
 export BENCHMARK_DATA_ROOT=${BENCHMARK_DATA_ROOT:-../shared/datasets}
 
 args=(--methods "$METHODS" --dataset "$DATASET" --regime finetune --backbone efficientnet_lite0
@@ -64,5 +74,15 @@ for r in records:
         print(f"  error: {r['error']}")
 EOF
 "$PY" -m benchmark leaderboard --results "$OUT" --out "$BOARD" > /dev/null
-echo "gpu_check: leaderboard in $BOARD; $(( SECONDS - started )) s in all"
+echo "gpu_check: leaderboard in $BOARD; $(( SECONDS - started )) s so far"
+
+if [ "$SPEED_METHODS" != none ]; then
+  speed=(--methods "$SPEED_METHODS" --epochs "$SPEED_EPOCHS" --bits "$BITS" --device "$DEVICE"
+         --dataset "$DATASET" --input-size "$SIZE" --data-root "$BENCHMARK_DATA_ROOT")
+  [ -n "$CLASSES" ] && speed+=(--max-classes "$CLASSES")
+  [ -n "$OLD_CODE" ] && speed+=(--old-code "$OLD_CODE")
+  echo "gpu_check: stage-map speed, $SPEED_METHODS, $SPEED_EPOCHS epochs, frozen, device $DEVICE"
+  "$PY" benchmarks/stage_map_speed.py "${speed[@]}" || status=$?
+fi
+echo "gpu_check: $(( SECONDS - started )) s in all"
 exit "$status"

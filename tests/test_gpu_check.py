@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh (the prepared GPU check) runs end to end on the CPU at a tiny
-setting: every method finetuned and recorded, a table of img/s and mAP, a leaderboard. And
+setting: every method finetuned and recorded, a table of img/s and mAP, a leaderboard, the
+stage-map speed table (old and new code on the same device). And
 what it relies on without a GPU: --device / --precision checked up front, precision (not
 the device) in the run id, autocast training, frozen data moved to the method's device."""
 import os
@@ -29,7 +30,8 @@ def test_gpu_check_script_at_a_tiny_cpu_setting(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_DEVICE="cpu",
                GPU_CHECK_DATASET="synthetic-fg", GPU_CHECK_CLASSES="2", GPU_CHECK_EPOCHS="1",
                GPU_CHECK_SIZE="64", GPU_CHECK_WORKERS="0", GPU_CHECK_OUT=str(tmp_path / "out"),
-               GPU_CHECK_BOARD=str(tmp_path / "board"))
+               GPU_CHECK_BOARD=str(tmp_path / "board"), GPU_CHECK_SPEED_METHODS="cmbh",
+               GPU_CHECK_SPEED_EPOCHS="1")
     result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -41,6 +43,12 @@ def test_gpu_check_script_at_a_tiny_cpu_setting(tmp_path):
         assert float(speed) > 0 and 0 < float(map_) <= 1
     index = (tmp_path / "board" / "README.md").read_text()
     assert "finetune" in index and (tmp_path / "board" / "synthetic-fg-first2.md").is_file()
+    # then the stage-map speed check: old and new code timed on the same device and inputs
+    speed = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| cmbh |")]
+    assert len(speed) == 2, result.stdout  # the timing row and the floor row (on the CPU)
+    old_cpu, new_cpu = float(speed[0][2]), float(speed[0][3])
+    assert old_cpu > 0 and new_cpu > 0 and speed[0][4].strip().endswith("x")
+    assert "cmbh: equal bits:" in result.stdout and "device cpu" in result.stdout
 
 
 def test_device_and_precision_flags_are_checked_before_any_run(tmp_path):
