@@ -382,3 +382,20 @@ def test_the_check_catches_a_cpu_tensor_and_allows_copies():
             x * torch.tensor(2.0)  # a 0-dim CPU tensor: tolerated by CUDA, not by this check
         assert isinstance(torch.tensor([1.0, 2.0], device=x.device) * x[:2], Elsewhere)
         assert x[[0, 2]].shape == (2,) and x[torch.tensor([True, False, True])].sum().item() == 2
+
+
+def test_torchvision_schemas_are_defined_only_when_its_compiled_operators_do_not_load(monkeypatch):
+    """On a torch whose torchvision ``_C`` library loads (a CUDA machine's matching builds) the
+    library defines ``nms``/``qnms`` itself: defining them first would make its loading fail."""
+    from benchmark.features import torchvision_compat
+    torchvision_compat.import_torchvision()  # the real import, before the library is mocked
+    loaded = []
+    monkeypatch.setattr(torch.ops, "load_library", lambda path: loaded.append(path))
+    monkeypatch.setattr(torch.library, "define", lambda *a: pytest.fail(f"defined {a}"))
+    assert torchvision_compat.compiled_operators_load() and loaded[0].endswith((".so", ".pyd"))
+    assert torchvision_compat.import_torchvision().__name__ == "torchvision"
+
+    def fails(path):
+        raise OSError(f"Could not load this library: {path}")
+    monkeypatch.setattr(torch.ops, "load_library", fails)
+    assert not torchvision_compat.compiled_operators_load()  # this machine's CPU torch

@@ -3,9 +3,15 @@
 The installed torchvision registers Python fake kernels for ``torchvision::nms`` and
 ``torchvision::qnms`` at import time, which fails when the C++ library did not define
 them. Defining the two schemas first lets the import succeed; the pure-PyTorch parts
-(``ops.roi_align`` falls back to its Python implementation, ``models``) then work.
+(``ops.roi_align`` falls back to its Python implementation, ``models``) then work. Where the
+compiled library does load (a torchvision built for this torch, as on a CUDA machine), it
+defines the operators itself and nothing is defined here: a second definition of the same
+schema would fail inside the library's loading.
 """
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import torch
 
@@ -15,14 +21,30 @@ _SCHEMAS = {
 }
 
 
+def compiled_operators_load() -> bool:
+    """Whether torchvision's compiled operator library (``_C``) loads into this torch."""
+    spec = importlib.util.find_spec("torchvision")
+    folders = (spec.submodule_search_locations or []) if spec else []
+    libraries = [p for folder in folders for p in sorted(Path(folder).glob("_C.*"))
+                 if p.suffix in (".so", ".pyd")]
+    for library in libraries:
+        try:
+            torch.ops.load_library(str(library))
+            return True
+        except (OSError, RuntimeError):  # built for another torch: undefined symbols
+            return False
+    return False
+
+
 def import_torchvision():
     """Return the ``torchvision`` module, defining missing operator schemas first."""
-    for name, schema in _SCHEMAS.items():
-        namespace, op = name.split("::")
-        if not hasattr(getattr(torch.ops, namespace), op):
-            try:
-                torch.library.define(name, schema)
-            except RuntimeError:
-                pass  # defined concurrently or by the compiled library
+    if not compiled_operators_load():
+        for name, schema in _SCHEMAS.items():
+            namespace, op = name.split("::")
+            if not hasattr(getattr(torch.ops, namespace), op):
+                try:
+                    torch.library.define(name, schema)
+                except RuntimeError:
+                    pass  # defined concurrently
     import torchvision
     return torchvision
