@@ -105,6 +105,9 @@ class HashMethod(nn.Module):
     inputs: ClassVar[str] = "pooled"
     #: downsampling factors the harness trains at (see "Training at several resolutions").
     train_resolutions: ClassVar[tuple] = (1,)
+    #: True: 4-D inputs (stage maps, images) come in channels-last memory format, the same
+    #: shapes and values (no copy for a method whose layers want that layout).
+    channels_last_inputs: ClassVar[bool] = False
     #: epochs, batch_size and optimizer (torch.optim class name + kwargs) for SGD training.
     train_config: ClassVar[dict] = {
         "epochs": 30, "batch_size": 64,

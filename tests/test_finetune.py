@@ -107,3 +107,27 @@ def test_corrupt_image_fails_the_runs_or_is_skipped_never_crashing_the_grid(tmp_
     # --on-bad-image is part of the run id: the run recorded under skip is not reused
     again = run_cli("run", "--methods", "lsh", *common, "--out", tmp_path / "b")
     assert again.returncode == 1 and "1 runs in the grid, 0 already recorded, 1 to run" in again.stdout
+
+
+def test_finetune_inputs_come_in_the_layout_the_method_asks_for():
+    """Contiguous as cached features are, or channels-last (``channels_last_inputs``), with
+    the same values either way."""
+    ds = build_dataset("synthetic-fg", num_classes=2, train_per_class=2, test_per_class=1, image_size=64)
+    split = materialise(ds.labels, ds.is_train, ds.num_classes, Protocol(), seed=0)
+    spec = {"input_size": 64, "seed": 0, "backbone": "resnet18", "protocol": Protocol().spec()}
+    request = SimpleNamespace(backbone_weights=None, on_bad_image="fail", device="cpu", workers=0)
+    last = type("ImageSpyChannelsLast", (ImageSpy,), {"channels_last_inputs": True})
+    images = torch.randn(3, 3, 64, 64)  # s32 is 2x2: the two layouts differ
+    outputs = []
+    for cls in (ImageSpy, last):
+        torch.manual_seed(0)
+        source = FinetuneInputs(cls, split, ds, spec, request)
+        source.backbone.eval()
+        with torch.no_grad():
+            outputs.append(source.forward(images))
+    for name in ("images", "s8", "s16", "s32"):
+        plain, channels_last = outputs[0][name], outputs[1][name]
+        assert plain.is_contiguous() and not channels_last.is_contiguous()
+        assert channels_last.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(plain, channels_last)
+    assert outputs[1]["pooled"].is_contiguous()

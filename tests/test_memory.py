@@ -131,3 +131,58 @@ def test_only_the_outputs_a_grid_reads_are_cached(tmp_path, monkeypatch):
     again = extract_features(ds, transform=transform, cache_dir=tmp_path / "b", progress=False,
                              outputs=("pooled",))  # an entry with every output serves a pooled grid
     assert sorted(again.arrays) == ["pooled", "s16", "s32", "s8"]
+
+
+def test_a_channels_last_view_holds_the_same_values_in_that_layout(features):
+    """``channels_last``: 4-D rows written channels-last by the one fp16 -> fp32 conversion
+    (memory maps) or laid out so (in-memory arrays, tensors); other rows as they are."""
+    index = np.random.default_rng(2).permutation(len(features.arrays["s8"]))[:40]
+    for array in (features.arrays["s8"], np.asarray(features.arrays["s8"]),
+                  torch.from_numpy(np.asarray(features.arrays["s8"]))):
+        plain, last = FeatureView(array, index), FeatureView(array, index, channels_last=True)
+        for rows in (torch.randperm(40)[:16], slice(3, 30)):
+            values = last[rows]
+            assert values.is_contiguous(memory_format=torch.channels_last)
+            assert not values.is_contiguous() and torch.equal(values, plain[rows])
+        assert last[0:0].shape == (0, 40, 8, 8)
+        assert all(c.is_contiguous(memory_format=torch.channels_last) for c in last.split(16))
+        assert torch.equal(last.materialise(), plain.materialise())
+    assert last.to("cpu").channels_last and FeatureView(features.arrays["pooled"], index,
+                                                         channels_last=True)[:5].is_contiguous()
+
+
+class LayoutSpy(Spy):
+    """Records the memory format of every 4-D input it is handed (batches at three
+    training resolutions, ``on_epoch_start`` chunks, encoding)."""
+    name = "layout-spy"
+    channels_last_inputs = True
+    train_resolutions = (1, 2, 4)
+
+    def on_epoch_start(self, epoch, data):
+        for chunk in data.inputs["s16"].split(20):
+            LayoutSpy.seen.append(chunk.is_contiguous(memory_format=torch.channels_last))
+
+    def encode(self, inputs):
+        LayoutSpy.seen.append(inputs["s8"].is_contiguous(memory_format=torch.channels_last))
+        return super().encode(inputs)
+
+    def loss(self, batch):
+        LayoutSpy.seen.extend(batch["inputs"][k].is_contiguous(memory_format=torch.channels_last)
+                              for k in ("s8", "s16", "s32"))
+        return super().loss(batch)
+
+
+def test_channels_last_inputs_reach_the_method_so_and_give_the_same_codes(features):
+    labels, sp = split()
+    by_factor = {f: features for f in (1, 2, 4)}
+    LayoutSpy.seen = []
+    run_method(LayoutSpy, {}, FrozenInputs(LayoutSpy, sp, by_factor), labels, CLASSES, 8, seed=0)
+    assert len(LayoutSpy.seen) > 10 and all(LayoutSpy.seen)
+    ddl = load_plugins().methods["thesis-ddl"].cls
+    assert ddl.channels_last_inputs
+    nchw = type("ThesisDDLContiguous", (ddl,), {"channels_last_inputs": False})
+    runs = [run_method(cls, {}, FrozenInputs(cls, sp, by_factor), labels, CLASSES, 12, seed=0,
+                       epochs=2) for cls in (ddl, nchw)]
+    for key in ("db_codes", "query_codes"):
+        assert np.array_equal(runs[0]["codes"][key], runs[1]["codes"][key])
+    assert runs[0]["history"] == runs[1]["history"]

@@ -6,7 +6,9 @@ validation and ``on_epoch_start`` read the rows they need from the cache file. T
 read with ordinary file reads at their offsets, not through the memory map's pages: pages a
 process touches in a map count towards its resident memory, so a run that walked the
 whole map would grow to the file's size (the kernel's page cache still caches the file).
-Values are exactly those of ``np.asarray(array[rows], dtype=np.float32)``.
+Values are exactly those of ``np.asarray(array[rows], dtype=np.float32)``; a view made with
+``channels_last`` lays 4-D rows out channels-last (``HashMethod.channels_last_inputs``), the
+same values written in that order by the one float16 -> float32 conversion.
 """
 from __future__ import annotations
 
@@ -18,15 +20,20 @@ import torch
 CHUNK = 512  # rows per read for the view's own reductions
 
 
-def read_rows(array: np.memmap, rows: np.ndarray) -> np.ndarray:
+def read_rows(array: np.memmap, rows: np.ndarray, channels_last: bool = False) -> np.ndarray:
     """``array[rows]`` as float32, from a file-backed ``.npy`` memory map: positioned
     reads (one per run of consecutive rows, in file order) straight into one buffer, then
-    one conversion into the rows' order. A fixed number of allocations per call however
-    scattered the rows are (an array per run fragmented the C heap: resident memory grew
-    with the reads)."""
+    one conversion into the rows' order (and, for 4-D rows with ``channels_last``, into
+    that layout). A fixed number of allocations per call however scattered the rows are
+    (an array per run fragmented the C heap: resident memory grew with the reads)."""
     row_shape = tuple(array.shape[1:])
     row_bytes = math.prod(row_shape) * array.dtype.itemsize
-    out = np.empty((len(rows),) + row_shape, dtype=np.float32)
+    channels_last = channels_last and len(row_shape) == 3
+    if channels_last:  # (N, H, W, C) memory seen as (N, C, H, W)
+        out = np.empty((len(rows),) + row_shape[1:] + row_shape[:1], dtype=np.float32)
+        out = out.transpose(0, 3, 1, 2)
+    else:
+        out = np.empty((len(rows),) + row_shape, dtype=np.float32)
     if not len(rows):
         return out
     if rows.min() < 0 or rows.max() >= len(array):
@@ -52,14 +59,17 @@ def read_rows(array: np.memmap, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def take(array, rows: np.ndarray) -> torch.Tensor:
+def take(array, rows: np.ndarray, channels_last: bool = False) -> torch.Tensor:
     """float32 rows of a cached array: a file-backed memory map (positioned reads), an
-    in-memory array or a tensor."""
+    in-memory array or a tensor; 4-D rows channels-last with ``channels_last``."""
     if isinstance(array, np.memmap) and getattr(array, "filename", None):
-        return torch.from_numpy(read_rows(array, rows))
+        return torch.from_numpy(read_rows(array, rows, channels_last))
     if torch.is_tensor(array):
-        return array[torch.as_tensor(rows)].float()
-    return torch.from_numpy(np.asarray(array[rows], dtype=np.float32))
+        values = array[torch.as_tensor(rows)].float()
+    else:
+        values = torch.from_numpy(np.asarray(array[rows], dtype=np.float32))
+    return values.contiguous(memory_format=torch.channels_last) \
+        if channels_last and values.dim() == 4 else values
 
 
 def _materialised(value):
@@ -79,14 +89,16 @@ class FeatureView:
     ``split(n)`` and ``mean`` over non-batch dimensions read only the rows they need. Any
     other tensor operation reads the whole view once (``materialise``) and applies to that,
     so a method doing whole-tensor arithmetic gets the same numbers, at the memory cost of
-    the whole tensor. ``to(device)`` gives a view whose reads land on ``device``."""
+    the whole tensor. ``to(device)`` gives a view whose reads land on ``device``. With
+    ``channels_last``, 4-D rows come channels-last (same values)."""
 
     dtype = torch.float32
 
-    def __init__(self, array, index, device=None):
+    def __init__(self, array, index, device=None, channels_last: bool = False):
         self.array = array
         self.index = np.asarray(index, dtype=np.int64)
         self.device = torch.device(device or "cpu")
+        self.channels_last = channels_last
         self.shape = torch.Size((len(self.index),) + tuple(array.shape[1:]))
 
     def __len__(self) -> int:
@@ -106,7 +118,7 @@ class FeatureView:
         """The view's rows at ``positions`` (a slice, integers, a boolean mask)."""
         if torch.is_tensor(positions):
             positions = positions.cpu().numpy()
-        values = take(self.array, self.index[positions])
+        values = take(self.array, self.index[positions], self.channels_last)
         return values if self.device.type == "cpu" else values.to(self.device)
 
     def __getitem__(self, key):
@@ -132,7 +144,7 @@ class FeatureView:
     def to(self, device=None, *args, **kwargs) -> "FeatureView":
         if not isinstance(device, (str, torch.device)) or args or kwargs:
             return self.materialise().to(device, *args, **kwargs)
-        return FeatureView(self.array, self.index, device)
+        return FeatureView(self.array, self.index, device, self.channels_last)
 
     def cpu(self) -> "FeatureView":
         return self.to("cpu")
@@ -145,7 +157,7 @@ class FeatureView:
         return self.rows(slice(None))
 
     def __getattr__(self, name):
-        if name.startswith("_") or name in ("array", "index", "device", "shape"):
+        if name.startswith("_") or name in ("array", "index", "device", "shape", "channels_last"):
             raise AttributeError(name)
         return getattr(self.materialise(), name)
 

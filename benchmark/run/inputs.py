@@ -62,6 +62,7 @@ class FrozenInputs:
     def __init__(self, method_cls, split, by_factor: dict, query_factor=1, db_factor=1):
         self.method_cls, self.split, self.by_factor = method_cls, split, by_factor
         self.names = input_names(method_cls)
+        self.channels_last = bool(getattr(method_cls, "channels_last_inputs", False))
         absent = [n for n in self.names if n not in by_factor[1].arrays]
         if absent:
             raise BenchmarkError(f"method {method_cls.name!r} needs {', '.join(absent)}, which "
@@ -70,7 +71,8 @@ class FrozenInputs:
 
     def views(self, factor, index) -> dict[str, FeatureView]:
         arrays = self.by_factor[factor].arrays
-        return {n: FeatureView(arrays[n], index) for n in self.names}
+        return {n: FeatureView(arrays[n], index, channels_last=self.channels_last)
+                for n in self.names}
 
     def shapes(self) -> dict[str, tuple]:
         arrays = self.by_factor[1].arrays
@@ -120,6 +122,8 @@ class FinetuneInputs:
         self.backbone = build_backbone(spec["backbone"], **kwargs).to(
             self.device, memory_format=torch.channels_last)
         self.names = input_names(method_cls)
+        self.layout = torch.channels_last if getattr(method_cls, "channels_last_inputs", False) \
+            else torch.contiguous_format
         self.loader = ImageLoader(request.on_bad_image)
         self.mean, self.std = self.backbone.mean, self.backbone.std
         workers = getattr(request, "workers", None)
@@ -128,12 +132,14 @@ class FinetuneInputs:
                                   self.device, self.seed)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Backbone outputs (contiguous, as cached features are) of a batch of images."""
+        """Backbone outputs of a batch of images, laid out as cached features are
+        (contiguous, or channels-last for ``channels_last_inputs``)."""
         images = images.to(self.device, non_blocking=True)
         out = self.backbone(images.contiguous(memory_format=torch.channels_last))
-        out = {n: out[n].contiguous() for n in self.names if n != "images"}
+        out = {n: out[n].contiguous(memory_format=self.layout) if out[n].dim() == 4
+               else out[n].contiguous() for n in self.names if n != "images"}
         if "images" in self.names:
-            out["images"] = images
+            out["images"] = images.contiguous(memory_format=self.layout)
         return {n: out[n] for n in self.names}
 
     def shapes(self) -> dict[str, tuple]:

@@ -143,9 +143,19 @@ class TrainData:
             for k, v in self.resolution_inputs[factor].items():
                 part = v[index[rows]]
                 if k not in mixed:
-                    mixed[k] = part.new_empty((len(index),) + tuple(part.shape[1:]))
+                    mixed[k] = torch.empty((len(index),) + tuple(part.shape[1:]), dtype=part.dtype,
+                                           device=part.device, memory_format=layout(part))
                 mixed[k][rows] = part
         return {k: mixed[k] if k in mixed else v[index] for k, v in self.inputs.items()}
+
+
+def layout(rows: torch.Tensor) -> torch.memory_format:
+    """The memory format of a batch of rows: channels-last for 4-D rows laid out so
+    (``HashMethod.channels_last_inputs``), else contiguous."""
+    if rows.dim() == 4 and not rows.is_contiguous() \
+            and rows.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

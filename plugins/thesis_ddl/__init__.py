@@ -36,6 +36,7 @@ class ThesisDDL(HashMethod):
     name = "thesis-ddl"
     inputs = "stages"
     train_resolutions = (1, 2, 4)
+    channels_last_inputs = True  # the stage maps' 1x1 convolutions run channels-last
     train_config = {"epochs": 20, "batch_size": 64,
                     "optimizer": {"type": "Adam", "lr": 1e-3, "weight_decay": 1e-5}}
     search_space = {"lr": ("log", 1e-4, 1e-2), "gate_weight": ("log", 0.01, 1.0),

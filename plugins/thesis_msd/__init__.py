@@ -158,7 +158,8 @@ class MultiScaleNet(nn.Module):
     def forward(self, inputs):
         """Return (feature (B, dim), gates per stage, part attention or None). The maps go
         through the 1x1 convolutions and s8 through its average pooling channels-last (the
-        same values, several times faster on a CPU)."""
+        same values, several times faster on a CPU; the harness delivers them so to the
+        methods below, ``channels_last_inputs``, and other inputs are converted here)."""
         s16, s32 = channels_last(inputs["s16"]), channels_last(inputs["s32"])
         g8, a8 = self.stages[0](pool_to(channels_last(inputs["s8"]), s16))
         g16, a16 = self.stages[1](s16, pool_to(g8, s16))
@@ -191,6 +192,7 @@ class ThesisMSD(HashMethod):
     name = "thesis-msd"
     inputs = "stages"
     train_resolutions = (1, 2, 4)
+    channels_last_inputs = True  # the stage maps' 1x1 convolutions run channels-last
     train_config = {"epochs": 20, "batch_size": 64,
                     "optimizer": {"type": "Adam", "lr": 1e-3, "weight_decay": 1e-5}}
     search_space = {"lr": ("log", 1e-4, 1e-2), "gate_weight": ("log", 0.01, 1.0),
