@@ -104,8 +104,9 @@ def use_old_code(old_code: str | None = None) -> None:
     (``seed_everything``, no ``keep_freed_memory``) as of ``BASE`` (``old_source``)."""
     for name in OLD_PLUGINS:
         sys.modules[name] = old_module(name, old_code)
-    lazy.read_rows = _old_function("benchmark/features/lazy.py", "benchmark.features",
-                                   "read_rows", old_code)
+    read_rows = _old_function("benchmark/features/lazy.py", "benchmark.features", "read_rows",
+                              old_code)
+    lazy.read_rows = lambda array, rows, channels_last=False: read_rows(array, rows)  # no layouts then
     loop.TrainData.batches = _old_function("benchmark/run/loop.py", "benchmark.run",
                                            "TrainData", old_code).batches
     method_run.seed_everything = _old_function("benchmark/run/loop.py", "benchmark.run",
