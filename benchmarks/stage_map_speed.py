@@ -106,7 +106,11 @@ def use_old_code(old_code: str | None = None) -> None:
         sys.modules[name] = old_module(name, old_code)
     read_rows = _old_function("benchmark/features/lazy.py", "benchmark.features", "read_rows",
                               old_code)
-    lazy.read_rows = lambda array, rows, channels_last=False: read_rows(array, rows)  # no layouts then
+
+    def old_read_rows(array, rows, channels_last=False):
+        assert not channels_last, "the old classes ask for no input layout"
+        return read_rows(array, rows)
+    lazy.read_rows = old_read_rows
     loop.TrainData.batches = _old_function("benchmark/run/loop.py", "benchmark.run",
                                            "TrainData", old_code).batches
     method_run.seed_everything = _old_function("benchmark/run/loop.py", "benchmark.run",

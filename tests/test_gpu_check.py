@@ -46,8 +46,8 @@ def test_gpu_check_script_at_a_tiny_cpu_setting(tmp_path):
     # then the stage-map speed check: old and new code timed on the same device and inputs
     speed = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| cmbh |")]
     assert len(speed) == 2, result.stdout  # the timing row and the floor row (on the CPU)
-    old_cpu, new_cpu = float(speed[0][2]), float(speed[0][3])
-    assert old_cpu > 0 and new_cpu > 0 and speed[0][4].strip().endswith("x")
+    old_cpu, new_cpu = float(speed[0][2]), float(speed[0][3])  # 0.1 s runs: may print 0.0
+    assert old_cpu >= 0 and new_cpu >= 0 and float(speed[0][4].strip().removesuffix("x")) > 0
     assert "cmbh: equal bits:" in result.stdout and "device cpu" in result.stdout
 
 

@@ -22,18 +22,19 @@ _SCHEMAS = {
 
 
 def compiled_operators_load() -> bool:
-    """Whether torchvision's compiled operator library (``_C``) loads into this torch."""
+    """Load torchvision's compiled operator library (``_C``) into this torch; whether it
+    loaded (torchvision's own import loads it again, a no-op then)."""
     spec = importlib.util.find_spec("torchvision")
     folders = (spec.submodule_search_locations or []) if spec else []
-    libraries = [p for folder in folders for p in sorted(Path(folder).glob("_C.*"))
-                 if p.suffix in (".so", ".pyd")]
-    for library in libraries:
-        try:
-            torch.ops.load_library(str(library))
-            return True
-        except (OSError, RuntimeError):  # built for another torch: undefined symbols
-            return False
-    return False
+    library = next((p for folder in folders for p in sorted(Path(folder).glob("_C.*"))
+                    if p.suffix in (".so", ".pyd")), None)
+    if library is None:
+        return False
+    try:
+        torch.ops.load_library(str(library))
+    except (OSError, RuntimeError):  # built for another torch: undefined symbols
+        return False
+    return True
 
 
 def import_torchvision():

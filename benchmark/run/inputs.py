@@ -37,6 +37,12 @@ def input_names(method_cls) -> tuple[str, ...]:
     return INPUT_NAMES[kind]
 
 
+def input_layout(method_cls) -> torch.memory_format:
+    """The memory format of the method's 4-D inputs (``channels_last_inputs``)."""
+    return torch.channels_last if getattr(method_cls, "channels_last_inputs", False) \
+        else torch.contiguous_format
+
+
 def train_factors(method_cls) -> tuple:
     """The method's ``train_resolutions`` (``(1,)``: full resolution only)."""
     return tuple(getattr(method_cls, "train_resolutions", (1,)) or (1,))
@@ -62,7 +68,7 @@ class FrozenInputs:
     def __init__(self, method_cls, split, by_factor: dict, query_factor=1, db_factor=1):
         self.method_cls, self.split, self.by_factor = method_cls, split, by_factor
         self.names = input_names(method_cls)
-        self.channels_last = bool(getattr(method_cls, "channels_last_inputs", False))
+        self.channels_last = input_layout(method_cls) == torch.channels_last
         absent = [n for n in self.names if n not in by_factor[1].arrays]
         if absent:
             raise BenchmarkError(f"method {method_cls.name!r} needs {', '.join(absent)}, which "
@@ -122,8 +128,7 @@ class FinetuneInputs:
         self.backbone = build_backbone(spec["backbone"], **kwargs).to(
             self.device, memory_format=torch.channels_last)
         self.names = input_names(method_cls)
-        self.layout = torch.channels_last if getattr(method_cls, "channels_last_inputs", False) \
-            else torch.contiguous_format
+        self.layout = input_layout(method_cls)
         self.loader = ImageLoader(request.on_bad_image)
         self.mean, self.std = self.backbone.mean, self.backbone.std
         workers = getattr(request, "workers", None)
@@ -136,8 +141,9 @@ class FinetuneInputs:
         (contiguous, or channels-last for ``channels_last_inputs``)."""
         images = images.to(self.device, non_blocking=True)
         out = self.backbone(images.contiguous(memory_format=torch.channels_last))
-        out = {n: out[n].contiguous(memory_format=self.layout) if out[n].dim() == 4
-               else out[n].contiguous() for n in self.names if n != "images"}
+        out = {n: out[n].contiguous(memory_format=self.layout if out[n].dim() == 4
+                                    else torch.contiguous_format)
+               for n in self.names if n != "images"}
         if "images" in self.names:
             out["images"] = images.contiguous(memory_format=self.layout)
         return {n: out[n] for n in self.names}

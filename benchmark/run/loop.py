@@ -152,10 +152,8 @@ class TrainData:
 def layout(rows: torch.Tensor) -> torch.memory_format:
     """The memory format of a batch of rows: channels-last for 4-D rows laid out so
     (``HashMethod.channels_last_inputs``), else contiguous."""
-    if rows.dim() == 4 and not rows.is_contiguous() \
-            and rows.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+    return torch.channels_last if rows.dim() == 4 \
+        and rows.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 def module_device(module: torch.nn.Module) -> torch.device:
