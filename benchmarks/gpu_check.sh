@@ -11,18 +11,30 @@
 # inputs, wall-time ratios (an estimated 2 more minutes: the frozen cache extracted on 16
 # cores, 4 short runs; not measured yet). Without git history (a copied working tree) set
 # GPU_CHECK_OLD_CODE to a folder made by `git archive 35fcf3a benchmark plugins | tar -x -C DIR`.
+# Where the variable OUT names a folder (the device tool's folder of files sent back), the
+# log goes there too (gpu_check.log), and the records and the leaderboard as gpu_check.tgz.
 #
+#   benchmarks/gpu_bundle.sh                     # here first: what the device machine lacks
 #   benchmarks/gpu_check.sh                      # on the GPU machine, from the repository
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_DATASET=synthetic-fg GPU_CHECK_CLASSES=3 \
 #   GPU_CHECK_EPOCHS=1 GPU_CHECK_SIZE=64 benchmarks/gpu_check.sh   # a tiny CPU try (the test)
 #
 # Every setting is an environment variable: GPU_CHECK_{DATASET,CLASSES,EPOCHS,SIZE,DEVICE,
 # PRECISION,WORKERS,METHODS,BITS,OUT,BOARD,SPEED_METHODS,SPEED_EPOCHS,OLD_CODE}, PYTHON,
-# BENCHMARK_DATA_ROOT.
+# BENCHMARK_DATA_ROOT. On the device machine, what benchmarks/gpu_bundle.sh put in .gpu/ is
+# the default: the packages in .gpu/site (python3 when there is no .venv), the data in
+# .gpu/data, the old code in .gpu/old.
 set -euo pipefail
+RETURN_DIR=${OUT:-}  # set by the device tool: what is written there comes back
+if [ -n "$RETURN_DIR" ] && [ -d "$RETURN_DIR" ]; then
+  exec > >(tee "$RETURN_DIR/gpu_check.log") 2>&1
+fi
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-.venv/bin/python}
+if [ -d .gpu/site ]; then
+  export PYTHONPATH="$PWD/.gpu/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if [ -x .venv/bin/python ]; then PY=${PYTHON:-.venv/bin/python}; else PY=${PYTHON:-python3}; fi
 DATASET=${GPU_CHECK_DATASET:-cub100}
 CLASSES=${GPU_CHECK_CLASSES:-}           # empty: every class of the dataset
 EPOCHS=${GPU_CHECK_EPOCHS:-5}
@@ -33,16 +45,19 @@ CORES=$(nproc)
 WORKERS=${GPU_CHECK_WORKERS:-$(( CORES > 4 ? CORES - 2 : 0 ))}
 METHODS=${GPU_CHECK_METHODS:-cmbh,a2netpp,csq,dsh,thesis-sld}
 BITS=${GPU_CHECK_BITS:-32}
-OUT=${GPU_CHECK_OUT:-results/gpu_check}
+RESULTS=${GPU_CHECK_OUT:-results/gpu_check}
 BOARD=${GPU_CHECK_BOARD:-leaderboards/finetune}
 SPEED_METHODS=${GPU_CHECK_SPEED_METHODS:-cmbh,thesis-ddl}
 SPEED_EPOCHS=${GPU_CHECK_SPEED_EPOCHS:-3}
 OLD_CODE=${GPU_CHECK_OLD_CODE:-}
-export BENCHMARK_DATA_ROOT=${BENCHMARK_DATA_ROOT:-../shared/datasets}
+[ -z "$OLD_CODE" ] && [ -d .gpu/old ] && OLD_CODE=.gpu/old
+DATA_ROOT=../shared/datasets
+[ -d .gpu/data ] && DATA_ROOT=.gpu/data
+export BENCHMARK_DATA_ROOT=${BENCHMARK_DATA_ROOT:-$DATA_ROOT}
 
 args=(--methods "$METHODS" --dataset "$DATASET" --regime finetune --backbone efficientnet_lite0
       --input-size "$SIZE" --bits "$BITS" --seeds 0 --epochs "$EPOCHS" --device "$DEVICE"
-      --precision "$PRECISION" --workers "$WORKERS" --out "$OUT" --no-progress)
+      --precision "$PRECISION" --workers "$WORKERS" --out "$RESULTS" --no-progress)
 [ -n "$CLASSES" ] && args+=(--max-classes "$CLASSES")
 
 "$PY" - <<'EOF'
@@ -51,12 +66,12 @@ print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}"
       + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
 EOF
 echo "gpu_check: $METHODS on $DATASET${CLASSES:+ (first $CLASSES classes)}, ${SIZE}px, $PRECISION," \
-     "$EPOCHS epochs, $BITS bits, device $DEVICE, $WORKERS loader workers -> $OUT"
+     "$EPOCHS epochs, $BITS bits, device $DEVICE, $WORKERS loader workers -> $RESULTS"
 started=$SECONDS
 status=0
 "$PY" -m benchmark run "${args[@]}" || status=$?
 
-"$PY" - "$OUT" <<'EOF'
+"$PY" - "$RESULTS" <<'EOF'
 import sys
 from pathlib import Path
 from benchmark.store.sqlite import ResultStore
@@ -73,7 +88,7 @@ for r in records:
     if r["status"] != "ok":
         print(f"  error: {r['error']}")
 EOF
-"$PY" -m benchmark leaderboard --results "$OUT" --out "$BOARD" > /dev/null
+"$PY" -m benchmark leaderboard --results "$RESULTS" --out "$BOARD" > /dev/null
 echo "gpu_check: leaderboard in $BOARD; $(( SECONDS - started )) s so far"
 
 if [ "$SPEED_METHODS" != none ]; then
@@ -83,6 +98,10 @@ if [ "$SPEED_METHODS" != none ]; then
   [ -n "$OLD_CODE" ] && speed+=(--old-code "$OLD_CODE")
   echo "gpu_check: stage-map speed, $SPEED_METHODS, $SPEED_EPOCHS epochs, frozen, device $DEVICE"
   "$PY" benchmarks/stage_map_speed.py "${speed[@]}" || status=$?
+fi
+if [ -n "$RETURN_DIR" ] && [ -d "$RETURN_DIR" ]; then
+  tar -czf "$RETURN_DIR/gpu_check.tgz" "$RESULTS" "$BOARD"
+  echo "gpu_check: records and leaderboard packed into $RETURN_DIR/gpu_check.tgz"
 fi
 echo "gpu_check: $(( SECONDS - started )) s in all"
 exit "$status"

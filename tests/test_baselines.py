@@ -198,7 +198,10 @@ def test_cmbh_crop_equals_roi_align():
     rois = torch.cat([torch.full((4, 1), 0.0).index_fill_(0, torch.tensor([2, 3]), 1.0),
                       boxes.reshape(-1, 4) * 8], dim=1)
     roi_align = import_torchvision().ops.roi_align
-    expected = roi_align(maps, rois, (3, 3), aligned=True, sampling_ratio=1)
+    # without torchvision's compiled operators roi_align runs its Python version, compiled
+    # with torch.compile on its first call (5-40 s here): the same code, run eagerly
+    with torch._dynamo.config.patch(disable=True):
+        expected = roi_align(maps, rois, (3, 3), aligned=True, sampling_ratio=1)
     assert torch.allclose(crop(maps, boxes, (3, 3)), expected, atol=1e-5)
 
 

@@ -4,8 +4,10 @@ stage-map speed table (old and new code on the same device). And
 what it relies on without a GPU: --device / --precision checked up front, precision (not
 the device) in the run id, autocast training, frozen data moved to the method's device."""
 import os
+import re
 import subprocess
 import sys
+import tarfile
 from types import SimpleNamespace
 
 import numpy as np
@@ -31,10 +33,17 @@ def test_gpu_check_script_at_a_tiny_cpu_setting(tmp_path):
                GPU_CHECK_DATASET="synthetic-fg", GPU_CHECK_CLASSES="2", GPU_CHECK_EPOCHS="1",
                GPU_CHECK_SIZE="64", GPU_CHECK_WORKERS="0", GPU_CHECK_OUT=str(tmp_path / "out"),
                GPU_CHECK_BOARD=str(tmp_path / "board"), GPU_CHECK_SPEED_METHODS="cmbh",
-               GPU_CHECK_SPEED_EPOCHS="1")
+               GPU_CHECK_SPEED_EPOCHS="1", OUT=str(tmp_path / "back"))
+    (tmp_path / "back").mkdir()  # the device tool's folder of files sent back
     result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+    log = (tmp_path / "back" / "gpu_check.log").read_text()
+    assert "gpu_check: leaderboard in" in log and "| cmbh |" in log
+    with tarfile.open(tmp_path / "back" / "gpu_check.tgz") as packed:
+        names = packed.getnames()
+    assert any(n.endswith("results.sqlite") for n in names), names
+    assert any(n.endswith("synthetic-fg-first2.md") for n in names), names
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
             if line.split() and line.split()[0] in METHODS}
     assert sorted(rows) == sorted(METHODS)
@@ -49,6 +58,41 @@ def test_gpu_check_script_at_a_tiny_cpu_setting(tmp_path):
     old_cpu, new_cpu = float(speed[0][2]), float(speed[0][3])  # 0.1 s runs: may print 0.0
     assert old_cpu >= 0 and new_cpu >= 0 and float(speed[0][4].strip().removesuffix("x")) > 0
     assert "cmbh: equal bits:" in result.stdout and "device cpu" in result.stdout
+
+
+def test_gpu_bundle_packs_the_old_code_and_the_data_and_checks_each_calls_size(tmp_path):
+    """benchmarks/gpu_bundle.sh without its wheel download (no index needed): the old code as
+    of the stage-map benchmark's base commit, the dataset folders, each device call's size
+    against its budget; a missing dataset or missing wheels: one line and exit 2."""
+    (tmp_path / "root" / "toy" / "images").mkdir(parents=True)
+    (tmp_path / "root" / "toy" / "images" / "a.jpg").write_bytes(b"x" * 1000)
+    env = dict(os.environ, PYTHON=sys.executable, GPU_BUNDLE_DIR=str(tmp_path / "bundle"),
+               GPU_BUNDLE_WHEELS="none", GPU_BUNDLE_DATASETS="toy",
+               BENCHMARK_DATA_ROOT=str(tmp_path / "root"))
+    script = ["bash", str(ROOT / "benchmarks" / "gpu_bundle.sh")]
+
+    def bundle(*args, **extra):
+        return subprocess.run(script + list(args), env={**env, **extra}, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    done = bundle()
+    assert done.returncode == 0, done.stdout + done.stderr
+    base = re.search(r'^BASE = "(\w+)"', (ROOT / "benchmarks" / "stage_map_speed.py").read_text(),
+                     re.M).group(1)  # the commit the speed benchmark compares with
+    assert f"BASE={base}\n" in (ROOT / "benchmarks" / "gpu_bundle.sh").read_text()
+    old = subprocess.run(["git", "show", f"{base}:plugins/cmbh/__init__.py"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert (tmp_path / "bundle" / "old" / "plugins" / "cmbh" / "__init__.py").read_text() == old
+    assert (tmp_path / "bundle" / "data" / "toy" / "images" / "a.jpg").stat().st_size == 1000
+    calls = [line for line in done.stdout.splitlines() if "device call" in line or "at once" in line]
+    assert len(calls) == 2 and all("of 64.0 MiB" in c for c in calls), done.stdout
+    assert "bundle/wheels" in calls[0] and "bundle/data" in calls[1] and "gpu_check.sh" in calls[1]
+    over = bundle(GPU_BUNDLE_BUDGET_MIB="1")  # the working tree alone is over 1 MiB
+    assert over.returncode == 1 and over.stderr.count("\n") == 1 and "over its 1.0 MiB" in over.stderr
+    missing = bundle(GPU_BUNDLE_DATASETS="absent")
+    assert missing.returncode == 2 and missing.stderr.strip() == \
+        f"gpu_bundle: no dataset folder {tmp_path / 'root'}/absent"
+    no_wheels = bundle("install")
+    assert no_wheels.returncode == 2 and "no " in no_wheels.stderr and "wheels" in no_wheels.stderr
 
 
 def test_device_and_precision_flags_are_checked_before_any_run(tmp_path):
