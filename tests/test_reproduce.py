@@ -1,10 +1,14 @@
 """``reproduce`` re-runs committed records from their specs: the same code gives the same
-numbers (closed-form to 1e-6), a corrupted committed number is caught (exit 1), and a
-record whose method code changed since it was made is refused (exit 2)."""
+numbers (closed-form to 1e-6), a corrupted committed number is caught (exit 1), a record
+made on other hardware is re-run with its thread count and judged against the spread of two
+seeds, and a record whose method code changed since it was made is refused (exit 2)."""
 import json
+import math
 
 import pytest
 
+from benchmark.report.stats import mean_halfwidth
+from benchmark.run.reproduce import CLOSED_FORM_TOLERANCE, TRAINED_TOLERANCE, tolerance
 from tests.conftest import make_plugin_dist, run_cli
 
 TINY = ["--dataset", "synthetic-fg", "--max-classes", "6", "--input-size", "32", "--epochs", "2",
@@ -57,11 +61,10 @@ def test_reproduce_matches_and_prints_the_table(committed, tmp_path, cache_dir):
     result = run_cli("reproduce", "--records", committed, "--seeds", "0", "--out", tmp_path / "re",
                      "--cache-dir", cache_dir)
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(lines) == 1 + 3  # header + lsh, itq, dsh at seed 0
-    for line in lines[1:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[-1] == "ok" and float(cells[6]) == 0.0, line
+    rows = table_rows(result.stdout)
+    assert sorted(rows) == ["dsh", "itq", "lsh"]  # seed 0
+    for row in rows.values():
+        assert row[-2:] == ["same", "ok"] and float(row[6]) == 0.0, row
     assert "committed on:" in result.stdout and "reproduced on:" in result.stdout
     assert "3 of 3 within tolerance" in result.stdout
 
@@ -75,9 +78,43 @@ def test_a_corrupted_closed_form_number_fails(committed, tmp_path, cache_dir):
     result = run_cli("reproduce", "--records", corrupted, "--methods", "lsh,itq", "--seeds", "0",
                      "--out", tmp_path / "re", "--cache-dir", cache_dir)
     assert result.returncode == 1, result.stdout + result.stderr
-    verdicts = {line.split("|")[1].strip(): line.split("|")[-2].strip()
-                for line in result.stdout.splitlines() if line.startswith("| ") and "method" not in line}
-    assert verdicts == {"lsh": "DIFFERS", "itq": "ok"}
+    assert {name: row[-1] for name, row in table_rows(result.stdout).items()} == \
+        {"lsh": "DIFFERS", "itq": "ok"}
+
+
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| method")]
+    return {row[0]: row for row in rows}
+
+
+def test_tolerance_is_the_mean_on_the_same_hardware_and_two_draws_on_other():
+    cell = [0.694753, 0.693366, 0.686014, 0.67945, 0.680648]  # dsh 12 bits, seeds 0-4
+    half = mean_halfwidth(cell)[1]
+    assert math.isclose(half, 0.008754, rel_tol=1e-3)
+    assert tolerance(True, cell, same_hardware=True) == half
+    # two draws: t * s * sqrt(2) = half * sqrt(2 n)
+    assert math.isclose(tolerance(True, cell, same_hardware=False), half * math.sqrt(10))
+    assert tolerance(False, cell, same_hardware=False) == CLOSED_FORM_TOLERANCE
+    assert tolerance(True, [0.5], same_hardware=False) == TRAINED_TOLERANCE
+    assert tolerance(True, [0.5, 0.5001], same_hardware=True) == TRAINED_TOLERANCE
+
+
+def test_a_record_from_other_hardware_runs_with_its_threads(committed, tmp_path, cache_dir):
+    records = [json.loads(line) for line in committed.read_text().splitlines()]
+    for record in records:
+        record["provenance"]["hardware"] = "Some Other CPU x64 threads=1"
+    moved = tmp_path / "records.jsonl"
+    moved.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = run_cli("reproduce", "--records", moved, "--seeds", "0", "--out", tmp_path / "re",
+                     "--cache-dir", cache_dir, env={"OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split("reproduced on: ")[1].splitlines()[0].endswith("threads=1")
+    rows = table_rows(result.stdout)
+    assert {row[8] for row in rows.values()} == {"other"}
+    dsh = [r["metrics"]["map_tie_aware"] for r in records if r["method"] == "dsh"]
+    assert float(rows["dsh"][7]) == float(f"{100 * tolerance(True, dsh, False):.4g}")
+    assert math.isclose(float(rows["lsh"][7]), 100 * CLOSED_FORM_TOLERANCE)
 
 
 def test_a_method_whose_code_changed_is_refused(tmp_path, cache_dir):

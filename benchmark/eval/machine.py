@@ -1,5 +1,5 @@
-"""What produced a measurement: package versions and a hardware id (CPU model, cores,
-torch threads), stored with every record and printed by ``perf``."""
+"""What produced a measurement: package versions and a hardware id (CPU model and
+generation, torch's CPU kernel set, cores, torch threads), stored with every record and printed by ``perf``."""
 from __future__ import annotations
 
 import os
@@ -21,12 +21,20 @@ def versions() -> dict:
 
 
 def hardware_id() -> str:
-    cpu = platform.processor() or platform.machine()
+    """``<model name> (family F model M, <torch CPU kernels>) x<cores> threads=<torch threads>``:
+    family and model tell apart CPU generations that share a model name (a virtual machine's
+    plain "AMD EPYC"), the kernel set (e.g. AVX2, AVX512) the float code paths they take."""
+    cpu, fields = platform.processor() or platform.machine(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if not key.strip():
+                break  # the first processor's block is enough
     except OSError:
         pass
-    return f"{cpu} x{os.cpu_count()} threads={torch.get_num_threads()}"
+    cpu = fields.get("model name", cpu)
+    parts = [f"family {fields['cpu family']} model {fields['model']}"] \
+        if "cpu family" in fields and "model" in fields else []
+    parts.append(torch.backends.cpu.get_cpu_capability())
+    return f"{cpu} ({', '.join(parts)}) x{os.cpu_count()} threads={torch.get_num_threads()}"

@@ -2,7 +2,8 @@
 Welch's t-test for "not significantly worse than the best".
 
 Half-width = t_{0.975, n-1} * s / sqrt(n) with s the sample standard deviation (none for
-n = 1). Welch's two-sided t-test (unequal variances) on the two cells' seeds; a cell is
+n = 1); the half-width of the difference between two independent draws of a cell (two
+seeds) is t_{0.975, n-1} * s * sqrt(2). Welch's two-sided t-test (unequal variances) on the two cells' seeds; a cell is
 marked as tied with the best when p >= ``ALPHA`` (it needs n >= 2 on both sides, and two
 cells with zero variance are tied only when their means are equal).
 """
@@ -17,15 +18,26 @@ ALPHA = 0.05
 CONFIDENCE = 0.95
 
 
-def mean_halfwidth(values) -> tuple[float, float | None]:
-    """(mean, 95% half-width or None for a single value)."""
+def _t_spread(values) -> float | None:
+    """t_{0.975, n-1} * s, or None for fewer than two values."""
     from scipy import stats
     values = np.asarray(values, dtype=float)
-    mean = float(values.mean())
     if len(values) < 2:
-        return mean, None
-    sem = float(values.std(ddof=1)) / math.sqrt(len(values))
-    return mean, float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)) * sem
+        return None
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)) * float(values.std(ddof=1))
+
+
+def mean_halfwidth(values) -> tuple[float, float | None]:
+    """(mean, 95% half-width or None for a single value)."""
+    spread = _t_spread(values)
+    return float(np.mean(values)), None if spread is None else spread / math.sqrt(len(values))
+
+
+def two_draw_halfwidth(values) -> float | None:
+    """95% half-width of the difference between two independent draws from the distribution
+    ``values`` sample (None for a single value)."""
+    spread = _t_spread(values)
+    return None if spread is None else spread * math.sqrt(2)
 
 
 def welch_p(a, b) -> float | None:
