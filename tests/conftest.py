@@ -60,11 +60,16 @@ def run_cli(*args, env=None, cwd=None, timeout=600):
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """A printed markdown table whose first column is ``method``, as {method: its cells}."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines()
+            if line.startswith("| ")]
+    return {row[0]: row for row in rows if row[0] != "method"}
+
+
 def listed_methods(stdout: str) -> dict[str, list[str]]:
     """``list``'s method table as {name: [name, supervised, inputs, provided by]}."""
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines()
-            if line.startswith("| ") and not line.startswith("| method |")]
-    return {row[0]: row for row in rows}
+    return table_rows(stdout)
 
 
 def make_plugin_dist(site: Path, dist: str, entry_name: str, module: str, source: str,

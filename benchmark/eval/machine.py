@@ -1,5 +1,6 @@
 """What produced a measurement: package versions and a hardware id (CPU model and
-generation, torch's CPU kernel set, cores, torch threads), stored with every record and printed by ``perf``."""
+generation, torch's CPU kernel set, cores, torch threads), stored with every record and
+printed by ``perf``."""
 from __future__ import annotations
 
 import os
@@ -27,10 +28,10 @@ def hardware_id() -> str:
     cpu, fields = platform.processor() or platform.machine(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-            if not key.strip():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if not key:
                 break  # the first processor's block is enough
+            fields.setdefault(key, value)
     except OSError:
         pass
     cpu = fields.get("model name", cpu)

@@ -2,10 +2,10 @@
 Welch's t-test for "not significantly worse than the best".
 
 Half-width = t_{0.975, n-1} * s / sqrt(n) with s the sample standard deviation (none for
-n = 1); the half-width of the difference between two independent draws of a cell (two
-seeds) is t_{0.975, n-1} * s * sqrt(2). Welch's two-sided t-test (unequal variances) on the two cells' seeds; a cell is
-marked as tied with the best when p >= ``ALPHA`` (it needs n >= 2 on both sides, and two
-cells with zero variance are tied only when their means are equal).
+n = 1); that of the difference between two independent draws of a cell (two seeds) is
+t_{0.975, n-1} * s * sqrt(2). Welch's two-sided t-test (unequal variances) on the two
+cells' seeds; a cell is marked as tied with the best when p >= ``ALPHA`` (it needs n >= 2
+on both sides, and two cells with zero variance are tied only when their means are equal).
 """
 from __future__ import annotations
 
